@@ -1,0 +1,40 @@
+# dbkeeper developer and demo tasks. `make demo` and `make test` work on a fresh machine
+# with Python >= 3.11; everything is installed into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python $(DEMO)/build.py $(DEMO)
+	cd $(DEMO) && ../$(BIN)/dbkeeper check
+	cd $(DEMO) && ../$(BIN)/dbkeeper jobs
+	cd $(DEMO) && ../$(BIN)/dbkeeper preview purge-logs
+	cd $(DEMO) && ../$(BIN)/dbkeeper run --all
+	cd $(DEMO) && ../$(BIN)/dbkeeper status
+	cd $(DEMO) && ../$(BIN)/dbkeeper history
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check dbkeeper tests bench demo
+	$(BIN)/ruff format --check dbkeeper tests bench demo
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(DEMO)/*.db $(DEMO)/*.db-* .mypy_cache .ruff_cache .pytest_cache

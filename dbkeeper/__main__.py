@@ -1,0 +1,3 @@
+from dbkeeper.cli import main
+
+main()

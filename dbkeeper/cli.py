@@ -1,0 +1,592 @@
+"""The ``dbkeeper`` command: a thin skin over Keeper. Each command loads, calls, prints."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dbkeeper import output
+from dbkeeper.config import default_path
+from dbkeeper.errors import DbkeeperError
+from dbkeeper.keeper import Keeper
+from dbkeeper.models import Run, RunStatus
+from dbkeeper.schedule import parse_schedule
+from dbkeeper.units import format_size
+from dbkeeper.version import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(command: F) -> F:
+    """-c/--config, accepted after the subcommand as well as before it."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file [default: ./dbkeeper.toml or $DBKEEPER_CONFIG].",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(command)
+
+
+def keeper_from(ctx: click.Context, config_path: Path | None) -> Keeper:
+    path = config_path or ctx.find_root().params.get("config_path") or default_path()
+    keeper = Keeper.from_config(path)
+    ctx.call_on_close(keeper.close)
+    return keeper
+
+
+class Group(click.Group):
+    """Turns DbkeeperError into a message and exit status 1 (a traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DbkeeperError as exc:
+            if ctx.params.get("debug"):
+                raise
+            output.errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(__version__, prog_name="dbkeeper")
+def main(config_path: Path | None, debug: bool) -> None:
+    """Keep databases healthy: scheduled purges, vacuums, health checks, with history.
+
+    Jobs are declared in dbkeeper.toml (see `dbkeeper init`).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("dbkeeper").setLevel(logging.WARNING)
+
+
+def _print_runs(runs: list[Run], title: str | None = None) -> None:
+    output.table(
+        title,
+        ["run", "job", "status", "slot (UTC)", "took", "rows", "error"],
+        [
+            (
+                f"{run.id}" + (f"/{run.attempt}" if run.attempt > 1 else ""),
+                run.job,
+                output.styled(run.status.value),
+                f"{run.scheduled_for:%Y-%m-%d %H:%M:%S}",
+                f"{run.duration:.2f}s" if run.duration is not None else "",
+                run.rows_affected if run.rows_affected is not None else "",
+                (run.error or "")[:200],
+            )
+            for run in runs
+        ],
+    )
+
+
+@main.command()
+@click.option(
+    "--path",
+    "target",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("dbkeeper.toml"),
+    show_default=True,
+    help="Where to write it.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(target: Path, force: bool) -> None:
+    """Write a commented starter dbkeeper.toml.
+
+    \b
+    Examples:
+      dbkeeper init
+      dbkeeper init --path /etc/dbkeeper/dbkeeper.toml
+    """
+    if target.exists() and not force:
+        raise DbkeeperError(f"{target} already exists (use --force to overwrite)")
+    target.write_text(resources.files("dbkeeper").joinpath("starter.toml").read_text())
+    output.console.print(f"wrote {target}; edit it, then run `dbkeeper check`")
+
+
+@main.command()
+@config_option
+@json_option
+@click.pass_context
+def check(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Validate the config against the real databases; every problem with its file:line.
+
+    \b
+    Examples:
+      dbkeeper check
+      dbkeeper -c /etc/dbkeeper.toml check --json
+    """
+    keeper = keeper_from(ctx, config_path)
+    problems = keeper.check()
+    if as_json:
+        output.emit_json({"ok": not problems, "problems": problems, "jobs": len(keeper.jobs)})
+    elif problems:
+        for problem in problems:
+            output.errors.print(problem, highlight=False, markup=False)
+    else:
+        output.console.print(f"[green]ok[/green]: {len(keeper.jobs)} jobs checked")
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@json_option
+@click.pass_context
+def jobs(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Each job, its schedule in words, next run and last outcome.
+
+    \b
+    Examples:
+      dbkeeper jobs
+      dbkeeper jobs --json
+    """
+    rows = keeper_from(ctx, config_path).overview()
+    if as_json:
+        output.emit_json(rows)
+        return
+    output.table(
+        None,
+        ["job", "task", "schedule", "next run (UTC)", "last run", "health"],
+        [
+            (
+                row["name"],
+                row["task"],
+                row["schedule_words"],
+                output.when(row["next_run"]),
+                _last_outcome(row["last_run"]),
+                output.styled(row["health"]),
+            )
+            for row in rows
+        ],
+    )
+
+
+def _last_outcome(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "never"
+    moment = datetime.fromisoformat(run["finished_at"] or run["created_at"])
+    ago = output.relative((moment - datetime.now(UTC)).total_seconds())
+    return f"{output.styled(run['status'])} ({ago})"
+
+
+@main.command(name="next")
+@click.argument("job", required=False)
+@click.option("--cron", "expression", help="A schedule to explain instead of a job's.")
+@click.option("--timezone", "zone", help="Time zone for --cron [default: UTC].")
+@click.option("--after", "after", help="Start from this ISO time instead of now.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="How many fire times.",
+)
+@config_option
+@json_option
+@click.pass_context
+def next_(
+    ctx: click.Context,
+    job: str | None,
+    expression: str | None,
+    zone: str | None,
+    after: str | None,
+    count: int,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """The next fire times of a job or a cron expression, in local time and UTC.
+
+    \b
+    Examples:
+      dbkeeper next purge-logs
+      dbkeeper next --cron "30 2 * * *" --timezone Europe/Berlin -n 3
+      dbkeeper next --cron "every 6h" --after 2026-03-29T00:00:00Z
+    """
+    if (job is None) == (expression is None):
+        raise click.UsageError("give either a JOB or --cron EXPR")
+    if expression is not None:
+        schedule = parse_schedule(expression, zone or "UTC")
+    else:
+        if zone:
+            raise click.UsageError("--timezone goes with --cron; a job has its own")
+        keeper = keeper_from(ctx, config_path)
+        found = keeper.schedules.get(keeper.get(job or "").name)
+        if found is None:
+            raise DbkeeperError(f"job {job!r} has no schedule; it runs only when asked")
+        schedule = found
+    start = datetime.now(UTC)
+    if after:
+        try:
+            start = datetime.fromisoformat(after.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(
+                f"{after!r} is not an ISO time", param_hint="--after"
+            ) from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=schedule.timezone)
+    times = schedule.upcoming(start, count)
+    if as_json:
+        output.emit_json(
+            {
+                "schedule": schedule.text,
+                "description": schedule.describe(),
+                "timezone": schedule.timezone.key,
+                "times": [
+                    {
+                        "local": moment.astimezone(schedule.timezone).isoformat(),
+                        "utc": moment.isoformat(),
+                    }
+                    for moment in times
+                ],
+            }
+        )
+        return
+    output.console.print(f"{schedule.text}: [bold]{schedule.describe()}[/bold]")
+    output.table(
+        None,
+        [f"local ({schedule.timezone.key})", "UTC"],
+        [
+            (f"{m.astimezone(schedule.timezone):%a %Y-%m-%d %H:%M:%S %Z}", f"{m:%Y-%m-%d %H:%M:%S}")
+            for m in times
+        ],
+    )
+
+
+@main.command()
+@click.argument("job")
+@config_option
+@json_option
+@click.pass_context
+def preview(ctx: click.Context, job: str, config_path: Path | None, as_json: bool) -> None:
+    """What a job would do now, changing nothing.
+
+    \b
+    Examples:
+      dbkeeper preview purge-logs
+      dbkeeper preview purge-logs --json
+    """
+    result = keeper_from(ctx, config_path).preview(job)
+    if as_json:
+        output.emit_json(result)
+        return
+    samples = result.pop("samples", None)
+    output.key_values(
+        f"preview of {job}", [(key, value) for key, value in result.items() if value is not None]
+    )
+    if samples:
+        output.table("sample rows", list(samples[0]), [list(row.values()) for row in samples])
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[rows]}"),
+        TimeElapsedColumn(),
+        console=output.errors,
+        transient=True,
+    )
+
+
+@main.command()
+@click.argument("names", metavar="JOB...", nargs=-1)
+@click.option("--all", "run_all", is_flag=True, help="Run every job, in config order.")
+@config_option
+@json_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    run_all: bool,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Run jobs now in the foreground, recorded like scheduled runs; exit 1 if any failed.
+
+    \b
+    Examples:
+      dbkeeper run purge-logs
+      dbkeeper run --all --json
+    """
+    if bool(names) == run_all:
+        raise click.UsageError("name one or more jobs, or use --all")
+    keeper = keeper_from(ctx, config_path)
+    selected = list(keeper.jobs) if run_all else [keeper.get(name).name for name in names]
+    runs: list[Run] = []
+    show_progress = not as_json and output.errors.is_terminal
+    for name in selected:
+        if show_progress:
+            with _progress_bar() as bar:
+                task = bar.add_task(name, total=100, rows="")
+
+                def update(
+                    percent: float,
+                    rows: int | None,
+                    _message: str,
+                    task: Any = task,
+                    bar: Progress = bar,
+                ) -> None:
+                    bar.update(task, completed=percent, rows=f"{rows} rows" if rows else "")
+
+                result = keeper.run(name, on_progress=update)
+        else:
+            result = keeper.run(name)
+        runs.append(result)
+        if not as_json:
+            summary = _summary(result)
+            output.console.print(
+                f"{name}: {output.styled(result.status.value)}"
+                + (f" - {summary}" if summary else ""),
+                highlight=False,
+            )
+    if as_json:
+        output.emit_json([run.to_dict() for run in runs])
+    if any(run.status is not RunStatus.SUCCEEDED for run in runs):
+        sys.exit(1)
+
+
+def _summary(run: Run) -> str:
+    if run.error:
+        return run.error
+    parts = []
+    if run.rows_affected is not None:
+        parts.append(f"{run.rows_affected} rows")
+    if run.duration is not None:
+        parts.append(f"{run.duration:.2f}s")
+    if "percent_saved" in run.result:
+        parts.append(
+            f"{format_size(run.result['size_before'])} -> {format_size(run.result['size_after'])} "
+            f"({run.result['percent_saved']}% saved)"
+        )
+    if "status" in run.result and "size_bytes" in run.result:
+        parts.append(f"health {run.result['status']}")
+    return ", ".join(parts)
+
+
+@main.command()
+@config_option
+@json_option
+@click.pass_context
+def tick(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Run whatever is due (and missed slots within their grace), then exit.
+
+    For crontab, systemd timers, Kubernetes CronJobs and CI schedules; exit 1 if a run failed.
+
+    \b
+    Examples:
+      * * * * *  dbkeeper -c /srv/app/dbkeeper.toml tick
+      dbkeeper tick --json
+    """
+    runs = keeper_from(ctx, config_path).tick()
+    if as_json:
+        output.emit_json([run.to_dict() for run in runs])
+    elif runs:
+        _print_runs(runs)
+    else:
+        output.console.print("nothing due")
+    if any(run.status is not RunStatus.SUCCEEDED for run in runs):
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def start(ctx: click.Context, config_path: Path | None) -> None:
+    """Run the scheduler until SIGTERM or SIGINT (running jobs finish or are recorded).
+
+    \b
+    Examples:
+      dbkeeper start
+      dbkeeper -c /etc/dbkeeper.toml start
+    """
+    logging.getLogger("dbkeeper").setLevel(
+        logging.DEBUG if ctx.find_root().params.get("debug") else logging.INFO
+    )
+    keeper_from(ctx, config_path).start()
+
+
+@main.command()
+@config_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Job health (healthy, late, failing, stuck, dead, disabled) and scheduler nodes.
+
+    \b
+    Examples:
+      dbkeeper status
+      dbkeeper status --json
+    """
+    data = keeper_from(ctx, config_path).status()
+    if as_json:
+        output.emit_json(data)
+        return
+    output.table(
+        "jobs",
+        ["job", "health", "schedule", "next run (UTC)", "last run"],
+        [
+            (
+                row["name"],
+                output.styled(row["health"])
+                + (f" x{row['consecutive_failures']}" if row["consecutive_failures"] else "")
+                + (f"\n{row['health_reason']}" if row["health_reason"] else ""),
+                row["schedule_words"],
+                output.when(row["next_run"]),
+                _last_outcome(row["last_run"]),
+            )
+            for row in data["jobs"]
+        ],
+    )
+    recent = [node for node in data["nodes"] if node["alive"] or node["stopped_at"] is None]
+    if recent:
+        output.table(
+            "nodes",
+            ["node", "role", "host", "pid", "version", "heartbeat", "alive"],
+            [
+                (
+                    n["id"],
+                    n["role"],
+                    n["host"],
+                    n["pid"],
+                    n["version"],
+                    output.when(n["heartbeat_at"]),
+                    "yes" if n["alive"] else "[red]no[/red]",
+                )
+                for n in recent
+            ],
+        )
+    else:
+        output.console.print("no scheduler is running (start one with `dbkeeper start`)")
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    show_default=True,
+    help="How many runs, newest first.",
+)
+@config_option
+@json_option
+@click.pass_context
+def history(
+    ctx: click.Context, job: str | None, limit: int, config_path: Path | None, as_json: bool
+) -> None:
+    """Past runs, newest first.
+
+    \b
+    Examples:
+      dbkeeper history
+      dbkeeper history purge-logs -n 50 --json
+    """
+    runs = keeper_from(ctx, config_path).history(job, limit)
+    if as_json:
+        output.emit_json([run.to_dict() for run in runs])
+    elif runs:
+        _print_runs(runs)
+    else:
+        output.console.print("no runs recorded yet")
+
+
+@main.command()
+@click.argument("database", required=False)
+@config_option
+@json_option
+@click.pass_context
+def health(
+    ctx: click.Context, database: str | None, config_path: Path | None, as_json: bool
+) -> None:
+    """The latest health report of each database (or one), with growth and forecast.
+
+    \b
+    Examples:
+      dbkeeper health
+      dbkeeper health app --json
+    """
+    keeper = keeper_from(ctx, config_path)
+    if database is not None and database not in keeper.targets:
+        raise DbkeeperError(
+            f"no database named {database!r} (databases: {', '.join(keeper.targets) or 'none'})"
+        )
+    reports = keeper.store.latest_health()
+    if database is not None:
+        reports = {name: item for name, item in reports.items() if name == database}
+    if as_json:
+        output.emit_json(
+            {name: {"taken_at": taken, **report} for name, (taken, report) in reports.items()}
+        )
+        return
+    if not reports:
+        output.console.print("no health report yet (run a health job: `dbkeeper run JOB`)")
+        return
+    for name, (taken, report) in reports.items():
+        growth = report.get("growth_bytes_per_day")
+        output.key_values(
+            f"{name}: {output.styled(report['status'])}",
+            [
+                ("taken", output.when(taken)),
+                ("size", format_size(report["size_bytes"])),
+                (
+                    "growth",
+                    f"{format_size(growth)}/day" if growth is not None else "not enough history",
+                ),
+                ("disk full in", _days(report.get("days_until_disk_full"))),
+                *_engine_figures(report),
+                ("problems", "; ".join(report["problems"]) or "none"),
+            ],
+        )
+        output.table(
+            None,
+            ["table", "rows", "size"],
+            [
+                (t["table"], t["rows"], format_size(t["bytes"]) if t["bytes"] is not None else "?")
+                for t in report["tables"]
+            ],
+        )
+
+
+def _engine_figures(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "xid_age" in report:  # PostgreSQL
+        return [
+            ("connections", f"{report['connections']} of {report['max_connections']}"),
+            ("cache hit", f"{report['cache_hit_percent']}%"),
+            ("xid age", f"{report['xid_age']:,}"),
+            ("long queries", report["long_running_queries"]),
+            ("idle in tx", report["idle_in_transaction"]),
+        ]
+    return [
+        ("free pages", f"{report['freelist_percent']}%"),
+        ("integrity", ", ".join(report["integrity"]) or "not checked"),
+    ]
+
+
+def _days(value: float | None) -> str:
+    return "-" if value is None else f"~{value} days"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

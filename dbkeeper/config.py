@@ -1,0 +1,333 @@
+"""Reading ``dbkeeper.toml``: environment expansion, validation, and errors with file:line.
+
+Every problem in a file is collected and reported together, each naming the
+file, the line, the job and the key, so one run of ``dbkeeper check`` shows
+everything to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from dbkeeper.errors import ConfigError, ScheduleError
+from dbkeeper.jobspec import Duration, JobSpec, Strict
+from dbkeeper.schedule import Schedule, load_timezone, parse_schedule
+from dbkeeper.targets import resolve_url
+from dbkeeper.tasks import KINDS, AnyJob
+
+DEFAULT_PATH = "dbkeeper.toml"
+ENV_PATH = "DBKEEPER_CONFIG"
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+
+
+class KeeperSettings(Strict):
+    state: str | None = None
+    timezone: str = "UTC"
+    history_retention: Duration = timedelta(days=90)
+    shutdown_grace: Duration = timedelta(seconds=30)
+    heartbeat: Duration = timedelta(seconds=10)
+    lease: Duration = timedelta(seconds=60)
+    workers: int = Field(4, ge=1, le=256)
+
+
+class DatabaseSettings(Strict):
+    url: str
+
+
+class ConfigFile(Strict):
+    keeper: KeeperSettings = KeeperSettings()
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+_JOB = TypeAdapter(AnyJob)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration; jobs keyed by name, schedules already parsed."""
+
+    path: Path
+    keeper: KeeperSettings
+    databases: dict[str, str]
+    jobs: dict[str, JobSpec]
+    schedules: dict[str, Schedule | None] = field(default_factory=dict)
+
+    @property
+    def state_url(self) -> str:
+        if self.keeper.state:
+            return resolve_url(self.keeper.state, self.path.parent)
+        return f"sqlite:///{self.path.parent.resolve() / 'dbkeeper-state.db'}"
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Read, expand and validate a config file; raise ConfigError listing every problem."""
+    file = Path(path) if path else default_path()
+    try:
+        source = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{file}: no such config file (create one with `dbkeeper init`)"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    return parse(source, file)
+
+
+def parse(source: str, file: Path) -> Config:
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: {exc}"]) from None
+    locate = Locator(source, file)
+    problems: list[str] = []
+    unset: set[tuple[str, ...]] = set()
+    data = expand(raw, (), locate, problems, unset)
+
+    def report(errors: list[Any], prefix: tuple[str, ...] = ()) -> None:
+        for error in errors:
+            path = _key_path((*prefix, *error["loc"]))
+            if error["type"] == "union_tag_invalid":
+                path = (*path, "task")
+            if path not in unset:  # already reported as a missing variable
+                problems.append(locate.message(path, _wording(error)))
+
+    try:
+        parsed = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        report(exc.errors())
+        parsed = _salvage(data, exc)
+    jobs: dict[str, JobSpec] = {}
+    for name, job in parsed.jobs.items():
+        if "name" in job:
+            problems.append(locate.message(("jobs", name, "name"), "unknown key"))
+            continue
+        try:
+            jobs[name] = _JOB.validate_python({**job, "name": name})
+        except ValidationError as exc:
+            report(exc.errors(), ("jobs", name))
+    known = set(data.get("databases") or {}) if isinstance(data.get("databases"), dict) else set()
+    return _check(parsed, jobs, known, file, locate, problems)
+
+
+def _salvage(data: dict[str, Any], exc: ValidationError) -> ConfigFile:
+    """What is valid in a file with invalid sections, so the rest can still be checked."""
+    bad = {tuple(str(part) for part in error["loc"][:2]) for error in exc.errors()}
+    kept: dict[str, Any] = {}
+    keeper = data.get("keeper")
+    if isinstance(keeper, dict) and ("keeper",) not in bad:
+        kept["keeper"] = {k: v for k, v in keeper.items() if ("keeper", k) not in bad}
+    for section in ("databases", "jobs"):
+        value = data.get(section)
+        if isinstance(value, dict) and (section,) not in bad:
+            kept[section] = {k: v for k, v in value.items() if (section, k) not in bad}
+    try:
+        return ConfigFile.model_validate(kept)
+    except ValidationError:
+        return ConfigFile()
+
+
+def parse_job(name: str, data: dict[str, Any], where: str = "job") -> JobSpec:
+    """Validate one job given as a mapping (Python API); errors name the job and key."""
+    try:
+        job: JobSpec = _JOB.validate_python({**data, "name": name})
+    except ValidationError as exc:
+        problems = [
+            f"{where} {name!r}: {'.'.join(map(str, _key_path(('jobs', name, *error['loc']))[2:]))}"
+            f": {_wording(error)}"
+            for error in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+    return job
+
+
+def _check(
+    parsed: ConfigFile,
+    jobs: dict[str, JobSpec],
+    known_databases: set[str],
+    file: Path,
+    locate: Locator,
+    problems: list[str],
+) -> Config:
+    default_zone = parsed.keeper.timezone
+    try:
+        load_timezone(default_zone)
+    except ScheduleError as exc:
+        problems.append(locate.message(("keeper", "timezone"), str(exc)))
+        default_zone = "UTC"
+    databases: dict[str, str] = {}
+    for name, database in parsed.databases.items():
+        try:
+            databases[name] = resolve_url(database.url, file.parent)
+        except ValueError as exc:
+            problems.append(locate.message(("databases", name, "url"), str(exc)))
+    schedules: dict[str, Schedule | None] = {}
+    for name, raw in parsed.jobs.items():
+        # Checked on the raw keys too, so a job with other problems still shows these.
+        target, schedule, zone = raw.get("database"), raw.get("schedule"), raw.get("timezone")
+        if isinstance(target, str) and target not in known_databases:
+            known = ", ".join(sorted(known_databases)) or "none defined"
+            problems.append(
+                locate.message(
+                    ("jobs", name, "database"),
+                    f"unknown database {target!r} (databases: {known})",
+                )
+            )
+        zone = zone if isinstance(zone, str) else default_zone
+        try:
+            load_timezone(zone)
+        except ScheduleError as exc:
+            problems.append(locate.message(("jobs", name, "timezone"), str(exc)))
+            continue
+        if isinstance(schedule, str):
+            try:
+                schedules[name] = parse_schedule(schedule, zone)
+            except ScheduleError as exc:
+                problems.append(locate.message(("jobs", name, "schedule"), str(exc)))
+    if problems:
+        raise ConfigError(sorted(problems, key=locate.line_of_message))
+    return Config(
+        path=file,
+        keeper=parsed.keeper,
+        databases=databases,
+        jobs=jobs,
+        schedules={name: schedules.get(name) for name in jobs},
+    )
+
+
+def job_schedule(job: JobSpec, default_timezone: str) -> Schedule | None:
+    if job.schedule is None:
+        return None
+    return parse_schedule(job.schedule, job.timezone or default_timezone)
+
+
+def expand(
+    value: Any,
+    path: tuple[str, ...],
+    locate: Locator,
+    problems: list[str],
+    unset: set[tuple[str, ...]],
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a dollar.
+
+    Keys whose variables are not set are added to ``unset``."""
+    if isinstance(value, dict):
+        return {
+            key: expand(item, (*path, key), locate, problems, unset) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [expand(item, path, locate, problems, unset) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None and (found or default is None):
+            return found
+        if default is not None:
+            return default
+        unset.add(path)
+        problems.append(
+            locate.message(
+                path, f"environment variable {name} is not set (use ${{{name}:-default}})"
+            )
+        )
+        return ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    parts = [str(part) for part in loc]
+    # A job's loc carries the task tag after the job name: jobs.NAME.purge.older_than
+    if len(parts) >= 3 and parts[0] == "jobs" and parts[2] in KINDS:
+        del parts[2]
+    return tuple(parts)
+
+
+def _wording(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown task {error['ctx']['tag']!r} (tasks: {', '.join(KINDS)})"
+    if kind == "union_tag_not_found":
+        return "required key 'task' is missing"
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    given = error.get("input")
+    if kind not in ("value_error",) and not isinstance(given, dict | list):
+        message += f" (got {given!r})"
+    return message
+
+
+class Locator:
+    """Finds the line of a key in TOML text, for messages like ``file:12: jobs.x.y: ...``."""
+
+    def __init__(self, source: str, file: Path) -> None:
+        self.file = file
+        self.lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        in_multiline = False
+        for number, line in enumerate(source.splitlines(), start=1):
+            if in_multiline:
+                if line.count('"""') % 2 or line.count("'''") % 2:
+                    in_multiline = False
+                continue
+            header = _HEADER.match(line)
+            if header and "=" not in header.group(1):
+                table = _split_key(header.group(1))
+                self.lines.setdefault(table, number)
+                continue
+            key = _KEY.match(line)
+            if key:
+                self.lines.setdefault((*table, *_split_key(key.group(1))), number)
+                if line.count('"""') % 2 or line.count("'''") % 2:
+                    in_multiline = True
+
+    def line(self, path: tuple[str, ...]) -> int | None:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def line_of_message(self, message: str) -> int:
+        """The line a message from ``message()`` points at (0 when it names none)."""
+        where = message.removeprefix(f"{self.file}:").split(":", 1)[0]
+        return int(where) if where.isdigit() else 0
+
+    def message(self, path: tuple[str, ...], text: str) -> str:
+        line = self.line(path)
+        where = f"{self.file}:{line}" if line else str(self.file)
+        subject = ".".join(path)
+        if len(path) >= 2 and path[0] == "jobs":
+            rest = ".".join(path[2:])
+            subject = f"job {path[1]!r}" + (f", key {rest!r}" if rest else "")
+        return f"{where}: {subject}: {text}" if subject else f"{where}: {text}"
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
+    return tuple("".join(part) for part in parts)

@@ -1,0 +1,294 @@
+"""SQLite's maintenance SQL: purge windows, VACUUM, optimize and health figures.
+
+Every identifier reaching this module has been checked against the catalogue
+and is quoted here by the dialect; every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
+
+from dbkeeper.errors import TargetError
+from dbkeeper.targets import Target
+from dbkeeper.timeformats import TimeFormat
+
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
+
+
+@contextmanager
+def connect(target: Target) -> Iterator[Connection]:
+    with target.engine.connect() as conn:
+        yield conn
+
+
+def driver(conn: Connection) -> sqlite3.Connection:
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
+
+
+def step_through(conn: Connection, statement: str) -> None:
+    """Run a statement to completion. ``PRAGMA incremental_vacuum`` frees one page per
+    step, and only ``executescript`` steps a row-less statement until it is done."""
+    driver(conn).executescript(statement)
+
+
+def data_version(conn: Connection) -> int:
+    """Changes when another connection commits to the file; our own commits leave it."""
+    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+
+def julian_to_datetime(value: float | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp((value - _UNIX_EPOCH_JULIAN_DAY) * 86400, UTC)
+
+
+class PurgeQuery:
+    """The SQL of one purge: which rows are older than the cutoff, window by window."""
+
+    def __init__(
+        self,
+        target: Target,
+        table: str,
+        column: str,
+        time_format: TimeFormat,
+        cutoff: datetime,
+        filters: Mapping[str, object],
+        key: str,
+    ) -> None:
+        self.table = target.quote(table)
+        self.column = target.quote(column)
+        self.key = key if key == "rowid" else target.quote(key)
+        self.time_format = time_format
+        self.filters = [(target.quote(name), value) for name, value in filters.items()]
+        self.params: dict[str, Any] = {}
+        if time_format is TimeFormat.ISO:
+            day = cutoff.astimezone(UTC).date()
+            self.params["text_sure"] = (day - timedelta(days=1)).isoformat()
+            self.params["text_bound"] = (day + timedelta(days=2)).isoformat()
+            self.params["cutoff"] = cutoff.astimezone(UTC).isoformat(timespec="milliseconds")
+        else:
+            self.params["cutoff"] = time_format.cutoff_value(cutoff)
+        for index, (_, value) in enumerate(self.filters):
+            self.params[f"filter_{index}"] = value
+        self.condition = self._condition("")
+        # Within a key window the key must drive the scan: '+' keeps indexes on the
+        # time and filter columns out of the planner's choice.
+        self.window_condition = self._condition("+")
+
+    def _condition(self, prefix: str) -> str:
+        column = prefix + self.column
+        if self.time_format is TimeFormat.ISO:
+            # ISO text sorts by date, and no zone offset moves a time by a whole day:
+            # text before the day ahead of the cutoff's day is certainly older, text
+            # from two days after it certainly not, and only the rows between need
+            # julianday() (exact, offsets included). Text >= '0' keeps numbers, NULLs
+            # and blobs out.
+            condition = (
+                f"{column} >= '0' AND {column} < :text_bound AND "
+                f"({column} < :text_sure OR julianday({column}) < julianday(:cutoff))"
+            )
+        else:
+            condition = f"{column} < :cutoff"
+        for index, (name, value) in enumerate(self.filters):
+            if value is None:
+                condition += f" AND {prefix}{name} IS NULL"
+            else:
+                condition += f" AND {prefix}{name} = :filter_{index}"
+        return condition
+
+    def plan(self, conn: Connection) -> dict[str, Any]:
+        """Exact count, oldest and newest affected times, and the key range to walk."""
+        moment = f"julianday({self.column})" if self.time_format is TimeFormat.ISO else self.column
+        row = conn.execute(
+            text(
+                f"SELECT count(*), min({moment}), max({moment}), min({self.key}), max({self.key}) "
+                f"FROM {self.table} WHERE {self.condition}"
+            ),
+            self.params,
+        ).one()
+        count, oldest, newest, key_low, key_high = row
+        if self.time_format is TimeFormat.ISO:
+            oldest, newest = julian_to_datetime(oldest), julian_to_datetime(newest)
+        elif oldest is not None:
+            oldest, newest = (
+                self.time_format.to_datetime(oldest),
+                self.time_format.to_datetime(newest),
+            )
+        total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
+        return {
+            "rows": int(count),
+            "table_rows": int(total),
+            "oldest": oldest,
+            "newest": newest,
+            "key_low": key_low,
+            "key_high": key_high,
+        }
+
+    def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
+        result = conn.execute(
+            text(
+                f"SELECT * FROM {self.table} WHERE {self.condition} "
+                f"ORDER BY {self.key} LIMIT :limit"
+            ),
+            {**self.params, "limit": limit},
+        )
+        return [dict(row._mapping) for row in result]
+
+    def delete_window(self, conn: Connection, low: int, high: int) -> int:
+        """Delete matching rows with low <= key < high in one short write transaction."""
+        raw = driver(conn)
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = raw.execute(
+                f"DELETE FROM {self.table} WHERE {self.key} >= :low AND {self.key} < :high "
+                f"AND {self.window_condition}",
+                {**self.params, "low": low, "high": high},
+            )
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        return int(cursor.rowcount)
+
+
+def walk_key(target: Target, conn: Connection, table: str) -> str:
+    """The integer key purge windows walk: the rowid, or a WITHOUT ROWID table's integer key."""
+    quoted = target.quote(table)
+    try:
+        conn.exec_driver_sql(f"SELECT rowid FROM {quoted} LIMIT 0")
+        return "rowid"
+    except OperationalError:
+        pass
+    info = conn.exec_driver_sql(f"PRAGMA table_info({quoted})").all()
+    keys = [row for row in info if row[5]]
+    if len(keys) == 1 and "INT" in str(keys[0][2]).upper():
+        return str(keys[0][1])
+    raise TargetError(
+        f"table {table!r} is WITHOUT ROWID and has no single integer primary key to walk"
+    )
+
+
+def sample_column(target: Target, conn: Connection, table: str, column: str) -> list[object]:
+    """Values from both ends of the table and its middle, for format detection."""
+    quoted_table, quoted_column = target.quote(table), target.quote(column)
+    values: list[object] = []
+    for order in ("ASC", "DESC"):
+        values += (
+            conn.exec_driver_sql(
+                f"SELECT {quoted_column} FROM {quoted_table} WHERE {quoted_column} IS NOT NULL "
+                f"ORDER BY rowid {order} LIMIT 200"
+            )
+            .scalars()
+            .all()
+        )
+    values += (
+        conn.exec_driver_sql(
+            f"SELECT {quoted_column} FROM {quoted_table} WHERE {quoted_column} IS NOT NULL "
+            "AND rowid % 97 = 0 LIMIT 200"
+        )
+        .scalars()
+        .all()
+    )
+    return values
+
+
+def file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def wal_size(path: Path) -> int:
+    return file_size(path.with_name(path.name + "-wal"))
+
+
+def page_stats(conn: Connection) -> dict[str, int]:
+    page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+    page_count = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+    freelist = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+    return {"page_size": page_size, "page_count": page_count, "freelist_count": freelist}
+
+
+def vacuum(target: Target, conn: Connection) -> dict[str, Any]:
+    """VACUUM, or incremental_vacuum when the file uses auto_vacuum=incremental."""
+    path = target.sqlite_path
+    before = page_stats(conn)
+    size_before = file_size(path)
+    auto_vacuum = int(conn.exec_driver_sql("PRAGMA auto_vacuum").scalar_one())
+    mode = "incremental" if auto_vacuum == 2 else "full"
+    if mode == "incremental":
+        step_through(conn, "PRAGMA incremental_vacuum")
+    else:
+        conn.exec_driver_sql("VACUUM")
+    journal = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()).lower()
+    if journal == "wal":
+        step_through(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+    after = page_stats(conn)
+    size_after = file_size(path)
+    saved = size_before - size_after
+    return {
+        "mode": mode,
+        "size_before": size_before,
+        "size_after": size_after,
+        "bytes_saved": saved,
+        "percent_saved": round(100 * saved / size_before, 2) if size_before else 0.0,
+        "freelist_before": before["freelist_count"],
+        "freelist_after": after["freelist_count"],
+    }
+
+
+def optimize(conn: Connection, mode: str, reindex: bool) -> list[str]:
+    statements = ["PRAGMA optimize" if mode == "optimize" else "ANALYZE"]
+    if reindex:
+        statements.append("REINDEX")
+    for statement in statements:
+        step_through(conn, statement)
+    return statements
+
+
+def integrity(conn: Connection, full: bool) -> list[str]:
+    pragma = "integrity_check" if full else "quick_check"
+    return [str(row[0]) for row in conn.exec_driver_sql(f"PRAGMA {pragma}").all()]
+
+
+def table_stats(target: Target, conn: Connection) -> list[dict[str, Any]]:
+    """Row count and bytes (tables plus their indexes, from dbstat) per table."""
+    names = [
+        str(name)
+        for name in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        ).scalars()
+    ]
+    sizes: dict[str, int] = {}
+    try:
+        for table_name, size in conn.exec_driver_sql(
+            "SELECT m.tbl_name, sum(s.pgsize) FROM dbstat AS s "
+            "JOIN sqlite_master AS m ON m.name = s.name GROUP BY m.tbl_name"
+        ):
+            sizes[str(table_name)] = int(size)
+    except OperationalError:
+        pass  # SQLite built without dbstat: sizes unknown
+    return [
+        {
+            "table": name,
+            "rows": int(
+                conn.exec_driver_sql(f"SELECT count(*) FROM {target.quote(name)}").scalar_one()
+            ),
+            "bytes": sizes.get(name),
+        }
+        for name in names
+    ]

@@ -1,0 +1,74 @@
+"""The options every job has, whatever its task, and the value types config uses."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from dbkeeper.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from dbkeeper.context import Outcome, RunContext
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s or 2h")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+def _size(value: object) -> object:
+    if isinstance(value, str):
+        return parse_size(value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Strict(BaseModel):
+    """A config section: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class JobSpec(Strict):
+    """Options shared by every job. Task modules subclass this with their own keys."""
+
+    name: str = Field(exclude=True)
+    task: str
+    database: str | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    description: str = ""
+    enabled: bool = True
+    timeout: Duration | None = None
+    retries: int = Field(0, ge=0, le=100)
+    retry_backoff: Duration = timedelta(seconds=30)
+    concurrency: Literal["skip", "queue"] = "skip"
+    misfire_grace: Duration = timedelta(hours=1)
+
+    @property
+    def destructive(self) -> bool:
+        """Whether the job deletes or rewrites data (then it is previewable and guarded)."""
+        return False
+
+    def check(self, ctx: RunContext) -> None:
+        """Check the job against the real database, changing nothing."""
+        raise NotImplementedError
+
+    def preview(self, ctx: RunContext) -> dict[str, Any]:
+        """What a run would do now, changing nothing."""
+        raise NotImplementedError
+
+    def run(self, ctx: RunContext) -> Outcome:
+        """Do the work; raise DbkeeperError (or Cancelled) when it cannot be done."""
+        raise NotImplementedError

@@ -1,0 +1,269 @@
+"""The Keeper: one object holding config, targets and state store, used by every interface.
+
+The command line, the scheduler and Python callers all go through these
+methods, so they can never disagree about what a job is or does.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from dbkeeper import config as config_module
+from dbkeeper import jobhealth
+from dbkeeper.config import Config, KeeperSettings, job_schedule
+from dbkeeper.context import CancelToken, ProgressCallback, RunContext
+from dbkeeper.errors import ConfigError, DbkeeperError, ScheduleError, UnknownJob
+from dbkeeper.jobspec import JobSpec
+from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.runner import Runner
+from dbkeeper.schedule import Schedule
+from dbkeeper.scheduler import Heartbeat, Scheduler
+from dbkeeper.store import StateStore, now
+from dbkeeper.targets import Target
+from dbkeeper.tasks.python import JobFunction, PythonJob
+
+
+class Keeper:
+    """Declared jobs plus the machinery to check, preview, run and schedule them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.jobs: dict[str, JobSpec] = dict(config.jobs)
+        self.schedules: dict[str, Schedule | None] = dict(config.schedules)
+        self.targets = {name: Target(name, url) for name, url in config.databases.items()}
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None) -> Keeper:
+        return cls(config_module.load(path))
+
+    @classmethod
+    def in_memory(
+        cls, *, state: str, databases: dict[str, str] | None = None, timezone: str = "UTC"
+    ) -> Keeper:
+        """A Keeper with no config file, for applications that declare jobs in Python."""
+        settings = KeeperSettings(state=state, timezone=timezone)
+        return cls(
+            Config(
+                path=Path.cwd() / "<python>",
+                keeper=settings,
+                databases=dict(databases or {}),
+                jobs={},
+            )
+        )
+
+    @cached_property
+    def store(self) -> StateStore:
+        return StateStore(self.config.state_url)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+        for target in self.targets.values():
+            target.dispose()
+
+    # -- declaring jobs -------------------------------------------------------
+
+    def job(
+        self, schedule: str | None = None, *, name: str | None = None, **options: Any
+    ) -> Callable[[JobFunction], JobFunction]:
+        """Decorator: ``@keeper.job(schedule="0 3 * * *")`` makes a function a job."""
+
+        def register(function: JobFunction) -> JobFunction:
+            job_name = name or function.__name__.replace("_", "-")
+            try:
+                spec = PythonJob.for_function(job_name, function, schedule=schedule, **options)
+            except Exception as exc:
+                raise ConfigError([f"job {job_name!r}: {exc}"]) from None
+            self.add_job(spec)
+            return function
+
+        return register
+
+    def add_job(self, spec: JobSpec) -> None:
+        if spec.name in self.jobs:
+            raise ConfigError([f"job {spec.name!r} is defined twice"])
+        if spec.database is not None and spec.database not in self.targets:
+            raise ConfigError([f"job {spec.name!r}: unknown database {spec.database!r}"])
+        try:
+            schedule = job_schedule(spec, self.config.keeper.timezone)
+        except ScheduleError as exc:
+            raise ConfigError([f"job {spec.name!r}, key 'schedule': {exc}"]) from None
+        self.jobs[spec.name] = spec
+        self.schedules[spec.name] = schedule
+
+    def get(self, name: str) -> JobSpec:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.jobs)) or "none"
+            raise UnknownJob(f"no job named {name!r} (jobs: {known})") from None
+
+    # -- using jobs -----------------------------------------------------------
+
+    def context(self, job: JobSpec) -> RunContext:
+        return RunContext(job, self.targets, store=None)
+
+    def check(self) -> list[str]:
+        """Check every job against its real database; the problems found, each located."""
+        problems = []
+        for name, job in self.jobs.items():
+            try:
+                job.check(self.context(job))
+            except DbkeeperError as exc:
+                problems.append(f"{self._where(name)}: job {name!r}: {exc}")
+        return problems
+
+    def _where(self, job: str) -> str:
+        locate = config_module.Locator(self._source(), self.config.path)
+        line = locate.line(("jobs", job))
+        return f"{self.config.path}:{line}" if line else str(self.config.path)
+
+    def _source(self) -> str:
+        try:
+            return self.config.path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def preview(self, name: str) -> dict[str, Any]:
+        job = self.get(name)
+        return {"job": name, "task": job.task, **job.preview(self.context(job))}
+
+    def run(
+        self,
+        name: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        token: CancelToken | None = None,
+    ) -> Run:
+        """Run a job now in this thread, recorded like a scheduled run (with its retries)."""
+        job = self.get(name)
+        store = self.store
+        store.register_jobs([name], now())
+        node = store.register_node("run")
+        try:
+            self.reap_orphans()
+            running = store.runs(job=name, status=[RunStatus.RUNNING], limit=1)
+            slot = datetime.now(UTC)
+            if running and job.concurrency == "skip":
+                run_id = store.claim(
+                    name,
+                    slot,
+                    status=RunStatus.SKIPPED,
+                    trigger=Trigger.MANUAL,
+                    node=node.id,
+                    error=f"run {running[0].id} of this job is still running",
+                )
+                assert run_id is not None
+                skipped = store.get_run(run_id)
+                assert skipped is not None
+                return skipped
+            run_id = store.claim(
+                name, slot, status=RunStatus.RUNNING, trigger=Trigger.MANUAL, node=node.id
+            )
+            if run_id is None:
+                raise DbkeeperError(f"could not record a run of {name!r}")
+            runner = Runner(store, self.targets, node.id)
+            with Heartbeat(store, node.id, self.config.keeper.heartbeat.total_seconds()):
+                return runner.execute(job, run_id, slot, token=token, on_progress=on_progress)
+        finally:
+            store.stop_node(node.id)
+
+    def reap_orphans(self) -> list[Run]:
+        """Mark runs of vanished nodes abandoned; queue a retry where the job allows one."""
+        retries = []
+        for run in self.store.abandon_orphans(self.config.keeper.lease):
+            job = self.jobs.get(run.job)
+            if job is None or run.attempt > job.retries:
+                continue
+            retry_id = self.store.claim(
+                run.job,
+                run.scheduled_for,
+                attempt=run.attempt + 1,
+                status=RunStatus.QUEUED,
+                trigger=Trigger.RETRY,
+                node=None,
+            )
+            if retry_id is not None:
+                retries.append(run)
+        return retries
+
+    def scheduler(self, role: str) -> Scheduler:
+        return Scheduler(self, role)
+
+    def tick(self) -> list[Run]:
+        """Run whatever is due now (and missed slots within their grace), then return."""
+        return self.scheduler("tick").tick()
+
+    def start(self) -> None:
+        """Run the scheduler until SIGTERM or SIGINT."""
+        scheduler = self.scheduler("scheduler")
+        previous = {
+            sig: signal.signal(sig, lambda *_: scheduler.stop())
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            scheduler.serve()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def overview(self, at: datetime | None = None) -> list[dict[str, Any]]:
+        """Each job with its schedule in words, next run, last run and health."""
+        moment = at or now()
+        store = self.store
+        states = store.job_states()
+        last = store.last_runs()
+        running = store.runs(status=[RunStatus.RUNNING], limit=None)
+        rows = []
+        for name, job in self.jobs.items():
+            schedule = self.schedules.get(name)
+            verdict = jobhealth.judge(
+                job,
+                schedule,
+                states.get(name),
+                last.get(name),
+                [run for run in running if run.job == name],
+                moment,
+            )
+            rows.append(
+                {
+                    "name": name,
+                    "task": job.task,
+                    "database": job.database,
+                    "description": job.description,
+                    "enabled": job.enabled,
+                    "schedule": job.schedule,
+                    "schedule_words": schedule.describe() if schedule else "manual only",
+                    "timezone": schedule.timezone.key if schedule else None,
+                    "next_run": (schedule.next_after(moment) if schedule and job.enabled else None),
+                    "last_run": last[name].to_dict() if name in last else None,
+                    "health": verdict.health.value,
+                    "health_reason": verdict.reason,
+                    "consecutive_failures": verdict.consecutive_failures,
+                }
+            )
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        moment = now()
+        lease = self.config.keeper.lease.total_seconds()
+        return {
+            "jobs": self.overview(moment),
+            "nodes": [
+                {**asdict(node), "alive": node.alive(moment, lease)} for node in self.store.nodes()
+            ],
+            "running": [
+                run.to_dict() for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)
+            ],
+        }
+
+    def history(self, job: str | None = None, limit: int = 50) -> list[Run]:
+        if job is not None:
+            self.get(job)
+        return self.store.runs(job=job, limit=limit)

@@ -1,0 +1,187 @@
+"""Running one claimed run to its end: timeout, retries with backoff, and the record.
+
+The task body runs in its own thread so a timeout can be enforced even on code
+that never looks at its cancel token: the token is set (which interrupts the
+task's database connection), and if the body still does not return within a
+short grace the run is recorded as timed out and the thread is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dbkeeper.context import CancelToken, Outcome, ProgressCallback, RunContext
+from dbkeeper.errors import Cancelled, DbkeeperError
+from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.units import format_duration
+
+if TYPE_CHECKING:
+    from dbkeeper.jobspec import JobSpec
+    from dbkeeper.store import StateStore
+    from dbkeeper.targets import Target
+
+log = logging.getLogger("dbkeeper.runner")
+
+STOP_GRACE = 5.0
+MAX_BACKOFF = timedelta(hours=1)
+PROGRESS_WRITE_INTERVAL = 1.0
+
+
+@dataclass
+class Attempt:
+    status: RunStatus
+    outcome: Outcome = field(default_factory=Outcome)
+    error: str | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        store: StateStore,
+        targets: dict[str, Target],
+        node: str | None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.targets = targets
+        self.node = node
+        self.stopping = stopping or threading.Event()
+
+    def execute(
+        self,
+        job: JobSpec,
+        run_id: int,
+        scheduled_for: datetime,
+        *,
+        attempt: int = 1,
+        token: CancelToken | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_attempt: Callable[[int], None] | None = None,
+    ) -> Run:
+        """Run ``run_id`` (already claimed) and its retries; returns the last attempt's run."""
+        while True:
+            token = token or CancelToken()
+            result = self._attempt(job, run_id, scheduled_for, attempt, token, on_progress)
+            self.store.finish(
+                run_id,
+                result.status,
+                rows_affected=result.outcome.rows_affected,
+                result=result.outcome.result,
+                error=result.error,
+            )
+            log.info(
+                "run %s of %s %s%s",
+                run_id,
+                job.name,
+                result.status.value,
+                f": {result.error}" if result.error else "",
+            )
+            if result.status not in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+                break
+            if attempt > job.retries or self.stopping.is_set():
+                break
+            delay = min(job.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+            log.info("retrying %s in %s", job.name, format_duration(delay))
+            if self.stopping.wait(delay.total_seconds()):
+                break
+            attempt += 1
+            retry_id = self.store.claim(
+                job.name,
+                scheduled_for,
+                attempt=attempt,
+                status=RunStatus.RUNNING,
+                trigger=Trigger.RETRY,
+                node=self.node,
+            )
+            if retry_id is None:
+                break
+            run_id, token = retry_id, None
+            if on_attempt:
+                on_attempt(attempt)
+        final = self.store.get_run(run_id)
+        assert final is not None
+        return final
+
+    def _attempt(
+        self,
+        job: JobSpec,
+        run_id: int,
+        scheduled_for: datetime,
+        attempt: int,
+        token: CancelToken,
+        on_progress: ProgressCallback | None,
+    ) -> Attempt:
+        last_write = 0.0
+
+        def progress(percent: float, rows: int | None, message: str) -> None:
+            nonlocal last_write
+            if on_progress:
+                on_progress(percent, rows, message)
+            moment = time.monotonic()
+            if percent >= 100 or moment - last_write >= PROGRESS_WRITE_INTERVAL:
+                last_write = moment
+                self.store.report_progress(run_id, percent, rows)
+
+        ctx = RunContext(
+            job,
+            self.targets,
+            store=self.store,
+            run_id=run_id,
+            scheduled_for=scheduled_for,
+            attempt=attempt,
+            token=token,
+            on_progress=progress,
+        )
+        box: list[Attempt] = []
+        body = threading.Thread(
+            target=lambda: box.append(self._body(job, ctx)),
+            name=f"dbkeeper-run-{run_id}",
+            daemon=True,
+        )
+        body.start()
+        timeout = job.timeout.total_seconds() if job.timeout else None
+        body.join(timeout)
+        if body.is_alive():
+            token.cancel(f"timeout after {format_duration(job.timeout or timedelta())}")
+            body.join(STOP_GRACE)
+        if body.is_alive():
+            return Attempt(
+                RunStatus.TIMED_OUT,
+                Outcome(ctx.rows, {}),
+                f"{token.reason}; the task did not stop within {STOP_GRACE:.0f}s "
+                "and was left running",
+            )
+        if not box:
+            return Attempt(RunStatus.FAILED, error="the task thread ended without a result")
+        return box[0]
+
+    def _body(self, job: JobSpec, ctx: RunContext) -> Attempt:
+        try:
+            outcome = job.run(ctx)
+        except Cancelled as exc:
+            status = (
+                RunStatus.TIMED_OUT if exc.reason.startswith("timeout") else RunStatus.CANCELLED
+            )
+            return Attempt(status, Outcome(ctx.rows, {}), str(exc))
+        except DbkeeperError as exc:
+            return Attempt(RunStatus.FAILED, Outcome(ctx.rows, {}), str(exc))
+        except Exception as exc:  # a task's own bug must not kill the scheduler
+            if ctx.token.cancelled:
+                reason = ctx.token.reason
+                status = (
+                    RunStatus.TIMED_OUT if reason.startswith("timeout") else RunStatus.CANCELLED
+                )
+                return Attempt(status, Outcome(ctx.rows, {}), f"cancelled: {reason}")
+            return Attempt(
+                RunStatus.FAILED,
+                Outcome(ctx.rows, {"traceback": traceback.format_exc(limit=20)}),
+                f"{type(exc).__name__}: {exc}",
+            )
+        return Attempt(RunStatus.SUCCEEDED, outcome)

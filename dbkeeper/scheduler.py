@@ -1,0 +1,278 @@
+"""Deciding what is due, claiming it, and running it: once (``tick``) or for good (``start``).
+
+A job's cursor in the state store is the last slot already accounted for.
+Slots after it and up to now are claimed in order; a slot first seen later than
+the job's ``misfire_grace`` is recorded as ``missed``. Whether a claim wins is
+decided by the store's unique key, so any number of processes may tick at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dbkeeper.context import CancelToken
+from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.runner import Runner
+from dbkeeper.store import now
+from dbkeeper.units import format_duration
+
+if TYPE_CHECKING:
+    from dbkeeper.keeper import Keeper
+    from dbkeeper.store import StateStore
+
+log = logging.getLogger("dbkeeper.scheduler")
+
+# Past this many missed slots in one look, the oldest are summarised in one record.
+MISSED_RECORD_LIMIT = 100
+IDLE_WAKE = timedelta(minutes=5)
+PRUNE_EVERY = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job: str
+    run_id: int
+    scheduled_for: datetime
+    attempt: int = 1
+
+
+class Scheduler:
+    def __init__(self, keeper: Keeper, role: str) -> None:
+        self.keeper = keeper
+        self.store = keeper.store
+        self.stopping = threading.Event()
+        self.node = self.store.register_node(role)
+        self.runner = Runner(self.store, keeper.targets, self.node.id, self.stopping)
+        self._wake = threading.Event()
+        self._tokens: dict[int, CancelToken] = {}
+        self._lock = threading.Lock()
+        self._last_prune = now() - PRUNE_EVERY
+        keeper.store.register_jobs(list(keeper.schedules), now())
+
+    # -- claiming -------------------------------------------------------------
+
+    def claim_due(self, moment: datetime) -> list[Claimed]:
+        """Claim every due slot of every enabled scheduled job; return those to run here."""
+        claimed: list[Claimed] = []
+        states = self.store.job_states()
+        running = {run.job for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)}
+        for name, schedule in self.keeper.schedules.items():
+            job = self.keeper.jobs[name]
+            state = states.get(name)
+            if schedule is None or not job.enabled or state is None:
+                continue
+            slots = list(schedule.slots(state.cursor or moment, moment))
+            late = [slot for slot in slots if moment - slot > job.misfire_grace]
+            self._record_missed(name, late, moment, job.misfire_grace)
+            for slot in slots[len(late) :]:
+                if name in running and job.concurrency == "skip":
+                    self.store.claim(
+                        name,
+                        slot,
+                        status=RunStatus.SKIPPED,
+                        trigger=Trigger.SCHEDULE,
+                        node=self.node.id,
+                        error="the previous run was still running",
+                    )
+                elif name in running:
+                    self.store.claim(
+                        name,
+                        slot,
+                        status=RunStatus.QUEUED,
+                        trigger=Trigger.SCHEDULE,
+                        node=self.node.id,
+                    )
+                else:
+                    run_id = self.store.claim(
+                        name,
+                        slot,
+                        status=RunStatus.RUNNING,
+                        trigger=Trigger.SCHEDULE,
+                        node=self.node.id,
+                    )
+                    if run_id is not None:
+                        claimed.append(Claimed(name, run_id, slot))
+                        running.add(name)
+            if slots:
+                self.store.advance_cursor(name, slots[-1])
+        return claimed + self._claim_queued(running)
+
+    def _record_missed(
+        self, name: str, late: list[datetime], moment: datetime, grace: timedelta
+    ) -> None:
+        if not late:
+            return
+        summarised = late[:-MISSED_RECORD_LIMIT] if len(late) > MISSED_RECORD_LIMIT else []
+        if summarised:
+            self.store.claim(
+                name,
+                summarised[0],
+                status=RunStatus.MISSED,
+                trigger=Trigger.SCHEDULE,
+                node=self.node.id,
+                error=f"{len(summarised)} slots from {summarised[0].isoformat()} to "
+                f"{summarised[-1].isoformat()} were missed (recorded as one)",
+            )
+        for slot in late[len(summarised) :]:
+            self.store.claim(
+                name,
+                slot,
+                status=RunStatus.MISSED,
+                trigger=Trigger.SCHEDULE,
+                node=self.node.id,
+                error=f"first seen {format_duration(moment - slot)} after its slot; "
+                f"misfire_grace is {format_duration(grace)}",
+            )
+
+    def _claim_queued(self, running: set[str]) -> list[Claimed]:
+        claimed = []
+        for run in self.store.runs(status=[RunStatus.QUEUED], limit=None, oldest_first=True):
+            if run.job in running or run.job not in self.keeper.jobs:
+                continue
+            if self.store.start_queued(run.id, self.node.id):
+                claimed.append(Claimed(run.job, run.id, run.scheduled_for, run.attempt))
+                running.add(run.job)
+        return claimed
+
+    # -- running --------------------------------------------------------------
+
+    def _run(self, claimed: Claimed) -> Run:
+        token = CancelToken()
+        with self._lock:
+            self._tokens[claimed.run_id] = token
+        try:
+            return self.runner.execute(
+                self.keeper.jobs[claimed.job],
+                claimed.run_id,
+                claimed.scheduled_for,
+                attempt=claimed.attempt,
+                token=token,
+            )
+        finally:
+            with self._lock:
+                self._tokens.pop(claimed.run_id, None)
+            self._wake.set()
+
+    def tick(self, moment: datetime | None = None) -> list[Run]:
+        """Run everything due now (and queued runs it unblocks); wait for them; return them."""
+        self.housekeeping()
+        finished: list[Run] = []
+        workers = self.keeper.config.keeper.workers
+        try:
+            with (
+                self._heartbeat(),
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dbkeeper") as pool,
+            ):
+                batch = self.claim_due(moment or now())
+                while batch:
+                    finished += list(pool.map(self._run, batch))
+                    batch = self._claim_queued(set())
+        finally:
+            self.store.stop_node(self.node.id)
+        return finished
+
+    def housekeeping(self) -> None:
+        if self.keeper.reap_orphans():
+            self._wake.set()
+        moment = now()
+        if moment - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = moment
+            removed = self.store.prune(moment - self.keeper.config.keeper.history_retention)
+            if removed:
+                log.info("pruned %d runs older than the history retention", removed)
+
+    def serve(self) -> None:
+        """The long-running loop of ``dbkeeper start``; returns after ``stop()``."""
+        settings = self.keeper.config.keeper
+        futures: dict[Future[Run], Claimed] = {}
+        pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="dbkeeper")
+        log.info("scheduler %s started with %d jobs", self.node.id, len(self.keeper.jobs))
+        with self._heartbeat():
+            try:
+                while not self.stopping.is_set():
+                    self._wake.clear()
+                    for claimed in self.claim_due(now()):
+                        log.info("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
+                        futures[pool.submit(self._run, claimed)] = claimed
+                    futures = {f: claimed for f, claimed in futures.items() if not f.done()}
+                    self._wake.wait(self._sleep_seconds())
+            finally:
+                self._shutdown(pool, futures, settings.shutdown_grace.total_seconds())
+        self.store.stop_node(self.node.id)
+        log.info("scheduler %s stopped", self.node.id)
+
+    def _sleep_seconds(self) -> float:
+        moment = now()
+        upcoming = [
+            schedule.next_after(moment)
+            for name, schedule in self.keeper.schedules.items()
+            if schedule is not None and self.keeper.jobs[name].enabled
+        ]
+        wake = min([*upcoming, moment + IDLE_WAKE])
+        return max(0.0, (wake - moment).total_seconds()) + 0.001
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def _heartbeat(self) -> Heartbeat:
+        interval = self.keeper.config.keeper.heartbeat.total_seconds()
+        return Heartbeat(self.store, self.node.id, interval, self.housekeeping)
+
+    def _shutdown(
+        self, pool: ThreadPoolExecutor, futures: dict[Future[Run], Claimed], grace: float
+    ) -> None:
+        """Hand back runs not yet started, let running ones finish within ``grace``,
+        then interrupt the rest (each records itself as cancelled)."""
+        unstarted = [claimed.run_id for future, claimed in futures.items() if future.cancel()]
+        if unstarted:
+            log.info("handing back %d runs that had not started", len(unstarted))
+            self.store.hand_back(unstarted)
+        pending = [future for future in futures if not future.done()]
+        if pending:
+            log.info("waiting up to %.0fs for %d running jobs", grace, len(pending))
+            wait(pending, timeout=grace)
+        with self._lock:
+            tokens = dict(self._tokens)
+        for run_id, token in tokens.items():
+            log.warning("interrupting run %s at shutdown", run_id)
+            token.cancel("interrupted by shutdown")
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Heartbeat:
+    """While open, renews a node's lease every ``interval`` and runs ``chores`` after it."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        node: str,
+        interval: float,
+        chores: Callable[[], None] | None = None,
+    ) -> None:
+        self.store, self.node, self.interval, self.chores = store, node, interval, chores
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="dbkeeper-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.store.heartbeat(self.node)
+                if self.chores:
+                    self.chores()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()

@@ -1,0 +1,645 @@
+"""The state store: jobs, runs, nodes and health reports, on SQLite or PostgreSQL.
+
+One SQLAlchemy Core schema serves both. The unique key (job, scheduled_for,
+attempt) on runs is what makes a slot run at most once however many processes
+race for it: claiming is an INSERT, and only one INSERT can win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
+
+from dbkeeper.errors import DbkeeperError
+from dbkeeper.models import JobState, Node, Run, RunStatus, Trigger
+from dbkeeper.targets import SQLITE_BUSY_TIMEOUT_MS
+from dbkeeper.version import __version__
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+metadata = MetaData()
+
+meta_table = Table(
+    "dbkeeper_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+jobs_table = Table(
+    "dbkeeper_jobs",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("cursor", UTCDateTime),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_status", String(20)),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+runs_table = Table(
+    "dbkeeper_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job", String(200), nullable=False),
+    Column("scheduled_for", UTCDateTime, nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("trigger", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("rows_affected", BigInteger),
+    Column("result", JSON),
+    Column("error", Text),
+    Column("node", String(200)),
+    UniqueConstraint("job", "scheduled_for", "attempt", name="dbkeeper_runs_slot"),
+    Index("dbkeeper_runs_status", "status"),
+    Index("dbkeeper_runs_finished", "finished_at"),
+)
+nodes_table = Table(
+    "dbkeeper_nodes",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(50), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime),
+)
+locks_table = Table(
+    "dbkeeper_locks",
+    metadata,
+    Column("resource", String(400), primary_key=True),
+    Column("run_id", Id, nullable=False),
+    Column("node", String(200), nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+)
+health_table = Table(
+    "dbkeeper_health",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("database", String(200), nullable=False),
+    Column("run_id", Id),
+    Column("taken_at", UTCDateTime, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("report", JSON, nullable=False),
+    Index("dbkeeper_health_database", "database", "taken_at"),
+)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    dbapi_connection.execute("PRAGMA journal_mode = WAL")
+    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+
+
+class StateStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            parsed = make_url(url)
+            self.sqlite = parsed.get_backend_name() == "sqlite"
+            if self.sqlite:
+                self.engine = create_engine(
+                    url, isolation_level="AUTOCOMMIT", json_serializer=_dumps
+                )
+                event.listen(self.engine, "connect", _configure_sqlite)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True, json_serializer=_dumps)
+            self.migrate()
+        except SQLAlchemyError as exc:
+            raise DbkeeperError(
+                f"state store {make_url(url).render_as_string()}: {str(exc).splitlines()[0]}"
+            ) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front."""
+        if not self.sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+    def _insert_new(self, table: Table, **values: Any) -> Any:
+        """An INSERT that does nothing when the row's key already exists."""
+        module = sqlite_dialect if self.sqlite else postgresql_dialect
+        return module.insert(table).values(**values).on_conflict_do_nothing()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # -- schema -------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create the schema, or bring an older one up to SCHEMA_VERSION."""
+        with self.transaction() as conn:
+            metadata.create_all(conn, checkfirst=True)
+            found = conn.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).scalar()
+            version = int(found) if found is not None else 0
+            if version > SCHEMA_VERSION:
+                raise DbkeeperError(
+                    f"state store schema is version {version}; this dbkeeper knows "
+                    f"{SCHEMA_VERSION}: upgrade dbkeeper"
+                )
+            if found is None:
+                conn.execute(
+                    insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+
+    def schema_version(self) -> int:
+        with self.reading() as conn:
+            return int(
+                conn.execute(
+                    select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).scalar_one()
+            )
+
+    # -- jobs ---------------------------------------------------------------
+
+    def register_jobs(self, names: Sequence[str], at: datetime) -> None:
+        """Give each new job a row whose cursor starts at ``at``: no backfill of the past."""
+        with self.transaction() as conn:
+            for name in names:
+                conn.execute(
+                    self._insert_new(
+                        jobs_table, name=name, cursor=at, consecutive_failures=0, updated_at=at
+                    )
+                )
+
+    def job_states(self) -> dict[str, JobState]:
+        with self.reading() as conn:
+            rows = conn.execute(select(jobs_table)).all()
+        return {
+            row.name: JobState(
+                name=row.name,
+                cursor=row.cursor,
+                consecutive_failures=row.consecutive_failures,
+                last_status=RunStatus(row.last_status) if row.last_status else None,
+            )
+            for row in rows
+        }
+
+    def advance_cursor(self, job: str, to: datetime) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.name == job)
+                .where(or_(jobs_table.c.cursor.is_(None), jobs_table.c.cursor < to))
+                .values(cursor=to, updated_at=now())
+            )
+
+    # -- runs ---------------------------------------------------------------
+
+    def claim(
+        self,
+        job: str,
+        scheduled_for: datetime,
+        *,
+        status: RunStatus,
+        trigger: Trigger,
+        node: str | None,
+        attempt: int = 1,
+        error: str | None = None,
+    ) -> int | None:
+        """Insert the run for a slot; None if another process already holds that slot."""
+        moment = now()
+        values: dict[str, Any] = {
+            "job": job,
+            "scheduled_for": scheduled_for,
+            "attempt": attempt,
+            "trigger": trigger.value,
+            "status": status.value,
+            "created_at": moment,
+            "progress": 0.0,
+            "node": node,
+            "error": error,
+        }
+        if status is RunStatus.RUNNING:
+            values["started_at"] = moment
+        if status.final:
+            values["finished_at"] = moment
+        with self.transaction() as conn:
+            run_id = conn.execute(
+                self._insert_new(runs_table, **values).returning(runs_table.c.id)
+            ).scalar()
+            if run_id is not None and status.final and status is not RunStatus.SKIPPED:
+                self._settle_job(conn, job, status)
+        return None if run_id is None else int(run_id)
+
+    def start_queued(self, run_id: int, node: str | None) -> bool:
+        """Move a queued run to running; False if another worker took it first."""
+        with self.transaction() as conn:
+            result = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.status == RunStatus.QUEUED.value)
+                .values(status=RunStatus.RUNNING.value, started_at=now(), node=node)
+            )
+        return result.rowcount == 1
+
+    def report_progress(self, run_id: int, percent: float, rows: int | None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(progress=percent, rows_affected=rows)
+            )
+
+    def finish(
+        self,
+        run_id: int,
+        status: RunStatus,
+        *,
+        rows_affected: int | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": now(),
+            "rows_affected": rows_affected,
+            "result": result or {},
+            "error": error,
+        }
+        if status is RunStatus.SUCCEEDED:
+            values["progress"] = 100.0
+        with self.transaction() as conn:
+            job = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(**values)
+                .returning(runs_table.c.job)
+            ).scalar_one()
+            self._settle_job(conn, job, status)
+
+    def _settle_job(self, conn: Connection, job: str, status: RunStatus) -> None:
+        failures = (
+            (jobs_table.c.consecutive_failures + 1 if status.failure else 0)
+            if status is not RunStatus.MISSED
+            else jobs_table.c.consecutive_failures
+        )
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.name == job)
+            .values(consecutive_failures=failures, last_status=status.value, updated_at=now())
+        )
+
+    def get_run(self, run_id: int) -> Run | None:
+        with self.reading() as conn:
+            row = conn.execute(select(runs_table).where(runs_table.c.id == run_id)).first()
+        return _run(row) if row else None
+
+    def runs(
+        self,
+        *,
+        job: str | None = None,
+        status: Sequence[RunStatus] = (),
+        limit: int | None = 50,
+        oldest_first: bool = False,
+    ) -> list[Run]:
+        query = select(runs_table)
+        if job:
+            query = query.where(runs_table.c.job == job)
+        if status:
+            query = query.where(runs_table.c.status.in_([s.value for s in status]))
+        order = (runs_table.c.id.asc(),) if oldest_first else (runs_table.c.id.desc(),)
+        query = query.order_by(*order).limit(limit)
+        with self.reading() as conn:
+            return [_run(row) for row in conn.execute(query)]
+
+    def last_runs(self) -> dict[str, Run]:
+        """Each job's most recent run, finished or not."""
+        latest = (
+            select(func.max(runs_table.c.id).label("id"))
+            .where(runs_table.c.status != RunStatus.MISSED.value)
+            .group_by(runs_table.c.job)
+            .subquery()
+        )
+        with self.reading() as conn:
+            rows = conn.execute(select(runs_table).join(latest, runs_table.c.id == latest.c.id))
+            return {row.job: _run(row) for row in rows}
+
+    def prune(self, before: datetime) -> int:
+        """Delete finished runs and health reports older than ``before``."""
+        with self.transaction() as conn:
+            removed = conn.execute(
+                delete(runs_table).where(
+                    runs_table.c.finished_at < before,
+                    runs_table.c.status.notin_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
+                )
+            ).rowcount
+            conn.execute(delete(health_table).where(health_table.c.taken_at < before))
+            conn.execute(
+                delete(nodes_table).where(
+                    or_(
+                        nodes_table.c.stopped_at < before,
+                        nodes_table.c.heartbeat_at < before,
+                    )
+                )
+            )
+        return int(removed)
+
+    # -- nodes --------------------------------------------------------------
+
+    def register_node(self, role: str) -> Node:
+        moment = now()
+        host = socket.gethostname()
+        node = Node(
+            id=f"{host}:{os.getpid()}:{os.urandom(3).hex()}",
+            host=host,
+            pid=os.getpid(),
+            version=__version__,
+            role=role,
+            started_at=moment,
+            heartbeat_at=moment,
+        )
+        with self.transaction() as conn:
+            conn.execute(
+                insert(nodes_table).values(
+                    id=node.id,
+                    host=node.host,
+                    pid=node.pid,
+                    version=node.version,
+                    role=role,
+                    started_at=moment,
+                    heartbeat_at=moment,
+                )
+            )
+        return node
+
+    def heartbeat(self, node_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(nodes_table).where(nodes_table.c.id == node_id).values(heartbeat_at=now())
+            )
+
+    def stop_node(self, node_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(nodes_table).where(nodes_table.c.id == node_id).values(stopped_at=now())
+            )
+
+    def nodes(self) -> list[Node]:
+        with self.reading() as conn:
+            rows = conn.execute(select(nodes_table).order_by(nodes_table.c.started_at)).all()
+        return [
+            Node(
+                id=row.id,
+                host=row.host,
+                pid=row.pid,
+                version=row.version,
+                role=row.role,
+                started_at=row.started_at,
+                heartbeat_at=row.heartbeat_at,
+                stopped_at=row.stopped_at,
+            )
+            for row in rows
+        ]
+
+    def abandon_orphans(self, lease: timedelta) -> list[Run]:
+        """Mark runs whose node is gone as abandoned; return the runs this call marked.
+
+        A node is gone when it stopped, when its lease expired, or, on this host,
+        when its process no longer exists (then nobody needs to wait for the lease).
+        Locks held by gone nodes are released.
+        """
+        host = socket.gethostname()
+        with self.transaction() as conn:
+            vanished = [
+                row.id
+                for row in conn.execute(
+                    select(nodes_table.c.id, nodes_table.c.pid).where(
+                        nodes_table.c.host == host, nodes_table.c.stopped_at.is_(None)
+                    )
+                )
+                if not pid_alive(row.pid)
+            ]
+            if vanished:
+                conn.execute(
+                    update(nodes_table)
+                    .where(nodes_table.c.id.in_(vanished))
+                    .values(stopped_at=now())
+                )
+            live = select(nodes_table.c.id).where(
+                nodes_table.c.stopped_at.is_(None), nodes_table.c.heartbeat_at >= now() - lease
+            )
+            conn.execute(delete(locks_table).where(locks_table.c.node.notin_(live)))
+            candidates = [
+                _run(row)
+                for row in conn.execute(
+                    select(runs_table).where(
+                        runs_table.c.status == RunStatus.RUNNING.value,
+                        or_(runs_table.c.node.is_(None), runs_table.c.node.notin_(live)),
+                    )
+                )
+            ]
+            orphans = []
+            for run in candidates:
+                marked = conn.execute(
+                    update(runs_table)
+                    .where(
+                        runs_table.c.id == run.id, runs_table.c.status == RunStatus.RUNNING.value
+                    )
+                    .values(
+                        status=RunStatus.ABANDONED.value,
+                        finished_at=now(),
+                        error=f"node {run.node} stopped renewing its lease",
+                    )
+                ).rowcount
+                if marked:
+                    orphans.append(run)
+                    self._settle_job(conn, run.job, RunStatus.ABANDONED)
+        return orphans
+
+    def hand_back(self, run_ids: Sequence[int]) -> None:
+        """Return runs claimed but never started to the queue, for any node to take."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(runs_table)
+                .where(
+                    runs_table.c.id.in_(run_ids),
+                    runs_table.c.status == RunStatus.RUNNING.value,
+                )
+                .values(status=RunStatus.QUEUED.value, node=None, started_at=None)
+            )
+
+    # -- locks --------------------------------------------------------------
+
+    def lock(self, resource: str, run_id: int, node: str) -> int | None:
+        """Take ``resource`` for a run; None when taken, else the run id holding it."""
+        with self.transaction() as conn:
+            conn.execute(
+                self._insert_new(
+                    locks_table, resource=resource, run_id=run_id, node=node, acquired_at=now()
+                )
+            )
+            holder = conn.execute(
+                select(locks_table.c.run_id).where(locks_table.c.resource == resource)
+            ).scalar_one()
+        return None if holder == run_id else int(holder)
+
+    def unlock(self, resource: str, run_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                delete(locks_table).where(
+                    locks_table.c.resource == resource, locks_table.c.run_id == run_id
+                )
+            )
+
+    # -- health reports -----------------------------------------------------
+
+    def add_health_report(
+        self, database: str, run_id: int | None, taken_at: datetime, report: dict[str, Any]
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                insert(health_table).values(
+                    database=database,
+                    run_id=run_id,
+                    taken_at=taken_at,
+                    status=report["status"],
+                    size_bytes=report["size_bytes"],
+                    report=report,
+                )
+            )
+
+    def health_sizes(self, database: str, since: datetime) -> list[tuple[datetime, int]]:
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(health_table.c.taken_at, health_table.c.size_bytes)
+                .where(health_table.c.database == database, health_table.c.taken_at >= since)
+                .order_by(health_table.c.taken_at)
+            ).all()
+        return [(row.taken_at, int(row.size_bytes)) for row in rows]
+
+    def latest_health(self) -> dict[str, tuple[datetime, dict[str, Any]]]:
+        latest = (
+            select(func.max(health_table.c.id).label("id"))
+            .group_by(health_table.c.database)
+            .subquery()
+        )
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(health_table).join(latest, and_(health_table.c.id == latest.c.id))
+            ).all()
+        return {row.database: (row.taken_at, dict(row.report)) for row in rows}
+
+
+def _run(row: Any) -> Run:
+    return Run(
+        id=row.id,
+        job=row.job,
+        scheduled_for=row.scheduled_for,
+        attempt=row.attempt,
+        trigger=Trigger(row.trigger),
+        status=RunStatus(row.status),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        progress=row.progress,
+        rows_affected=row.rows_affected,
+        result=row.result or {},
+        error=row.error,
+        node=row.node,
+    )

@@ -1,0 +1,166 @@
+"""``purge``: delete rows older than a cutoff, in short batches, previewable and guarded."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dbkeeper.context import Outcome, RunContext
+from dbkeeper.dialects import sqlite as sqlite_sql
+from dbkeeper.errors import Cancelled, RefusedError
+from dbkeeper.jobspec import Duration, Identifier, JobSpec
+from dbkeeper.pacing import Pacer
+from dbkeeper.schedule import load_timezone
+from dbkeeper.tasks import purge_postgres
+from dbkeeper.timeformats import TimeFormat, detect, truncate_to_millisecond
+
+FilterValue = str | int | float | bool | None
+
+
+class PurgeJob(JobSpec):
+    task: Literal["purge"]
+    database: str
+    table: Identifier
+    column: Identifier
+    older_than: Duration
+    where: dict[str, FilterValue] = Field(default_factory=dict)
+    column_format: Literal["auto", "iso", "unix_s", "unix_ms"] = "auto"
+    column_timezone: str = "UTC"
+    allow_all: bool = False
+    sample_rows: int = Field(5, ge=0, le=100)
+    lock_timeout: Duration = timedelta(seconds=2)
+    statement_timeout: Duration = timedelta(minutes=1)
+
+    @field_validator("column_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        load_timezone(value)
+        return value
+
+    @property
+    def destructive(self) -> bool:
+        return True
+
+    def cutoff(self, now: datetime) -> datetime:
+        return truncate_to_millisecond(now - self.older_than)
+
+    def check(self, ctx: RunContext) -> None:
+        ctx.target().require_columns(self.table, [self.column, *self.where])
+
+    def refusal(self, rows: int, table_rows: int) -> str | None:
+        """Why a purge of ``rows`` out of ``table_rows`` must not run, if it must not."""
+        if self.allow_all or rows == 0 or rows < table_rows:
+            return None
+        return (
+            f"job {self.name!r} would delete all {rows} rows of {self.table!r}; "
+            "check older_than and its unit, or set allow_all = true"
+        )
+
+    def _query(self, ctx: RunContext, conn: Any) -> sqlite_sql.PurgeQuery:
+        target = ctx.target()
+        self.check(ctx)
+        where = f"column {self.column!r} of table {self.table!r}"
+        if self.column_format == "auto":
+            time_format = detect(
+                sqlite_sql.sample_column(target, conn, self.table, self.column), where
+            )
+        else:
+            time_format = TimeFormat(self.column_format)
+        key = sqlite_sql.walk_key(target, conn, self.table)
+        return sqlite_sql.PurgeQuery(
+            target, self.table, self.column, time_format, self.cutoff(ctx.now), self.where, key
+        )
+
+    def preview(self, ctx: RunContext) -> dict[str, Any]:
+        if ctx.target().backend == "postgresql":
+            return purge_postgres.preview(self, ctx)
+        with sqlite_sql.connect(ctx.target()) as conn:
+            query = self._query(ctx, conn)
+            plan = query.plan(conn)
+            samples = query.samples(conn, self.sample_rows)
+        return {
+            "rows": plan["rows"],
+            "table_rows": plan["table_rows"],
+            "cutoff": self.cutoff(ctx.now),
+            "oldest": plan["oldest"],
+            "newest": plan["newest"],
+            "format": query.time_format.value,
+            "samples": samples,
+            "would_refuse": self.refusal(plan["rows"], plan["table_rows"]),
+        }
+
+    def run(self, ctx: RunContext) -> Outcome:
+        target = ctx.target()
+        cutoff = self.cutoff(ctx.now)
+        summary = f"older than {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+        if target.backend == "postgresql":
+            deleted, pg_result = purge_postgres.run(self, ctx)
+            return Outcome(deleted, pg_result, f"deleted {deleted} rows {summary}")
+        with sqlite_sql.connect(target) as conn:
+            version = sqlite_sql.data_version(conn)
+            query = self._query(ctx, conn)
+            plan = query.plan(conn)
+            refusal = self.refusal(plan["rows"], plan["table_rows"])
+            if refusal:
+                raise RefusedError(refusal)
+            total = plan["rows"]
+            result: dict[str, Any] = {
+                "cutoff": cutoff.isoformat(),
+                "format": query.time_format.value,
+                "planned": total,
+                "oldest": plan["oldest"].isoformat() if plan["oldest"] else None,
+            }
+            if total == 0:
+                return Outcome(0, {**result, "batches": 0}, "nothing older than the cutoff")
+            deleted = self._delete(ctx, conn, query, plan, version, result)
+        return Outcome(deleted, result, f"deleted {deleted} rows {summary}")
+
+    def _delete(
+        self,
+        ctx: RunContext,
+        conn: Any,
+        query: sqlite_sql.PurgeQuery,
+        plan: dict[str, Any],
+        version: int,
+        result: dict[str, Any],
+    ) -> int:
+        pacer = Pacer()
+        low, last = int(plan["key_low"]), int(plan["key_high"])
+        deleted = batches = 0
+        longest = 0.0
+        started = time.monotonic()
+        raw = sqlite_sql.driver(conn)
+        with ctx.token.interrupting(raw.interrupt):
+            while low <= last:
+                ctx.check_cancelled()
+                current = sqlite_sql.data_version(conn)
+                if current != version:
+                    pacer.others_wrote()
+                    version = current
+                high = min(low + pacer.width, last + 1)
+                began = time.monotonic()
+                try:
+                    deleted += query.delete_window(conn, low, high)
+                except sqlite3.OperationalError:
+                    ctx.check_cancelled()
+                    raise
+                elapsed = time.monotonic() - began
+                longest = max(longest, elapsed)
+                batches += 1
+                low = high
+                result.update(deleted=deleted, batches=batches)
+                ctx.progress(100 * deleted / plan["rows"], deleted)
+                pause = pacer.record(elapsed)
+                if ctx.token.wait(pause):
+                    raise Cancelled(ctx.token.reason)
+        result.update(
+            deleted=deleted,
+            batches=batches,
+            longest_batch_ms=round(longest * 1000, 1),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return deleted

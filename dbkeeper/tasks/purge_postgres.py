@@ -1,0 +1,192 @@
+"""Purge on PostgreSQL: drop partitions that lie wholly before the cutoff, then delete
+the remaining old rows in short, lock-bounded batches walking the heap by block."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from dbkeeper.context import RunContext
+from dbkeeper.dialects import postgres as pg
+from dbkeeper.errors import Cancelled, RefusedError, TargetError
+from dbkeeper.schedule import load_timezone
+
+if TYPE_CHECKING:
+    from dbkeeper.tasks.purge import PurgeJob
+
+# Block windows start small and grow while batches stay under TARGET seconds.
+FIRST_WIDTH = 32
+MAX_WIDTH = 65_536
+TARGET = 0.2
+# Give up on a table after this many consecutive batches that could not get their locks.
+MAX_GIVE_UPS = 20
+
+
+@dataclass
+class Plan:
+    """What one purge will do: whole partitions to drop and heap relations to walk."""
+
+    query: dict[str, pg.PurgeQuery]  # relation -> query
+    walks: dict[str, dict[str, Any]]  # relation -> plan
+    drops: dict[str, int]  # partition -> rows
+    table_rows: int
+    column: pg.TimeColumn
+
+    @property
+    def rows(self) -> int:
+        return sum(self.drops.values()) + sum(int(walk["rows"]) for walk in self.walks.values())
+
+    def extreme(self, key: str, pick: Any) -> Any:
+        found = [walk[key] for walk in self.walks.values() if walk[key] is not None]
+        return pick(found) if found else None
+
+
+def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
+    target = ctx.target()
+    job.check(ctx)
+    zone = load_timezone(job.column_timezone)
+    column = pg.time_column(target, conn, job.table, job.column, job.column_format, zone)
+    cutoff = job.cutoff(ctx.now)
+    parts = pg.partitions(target, conn, job.table, column, cutoff)
+    drops: dict[str, int] = {}
+    relations = [job.table]
+    if parts is not None:
+        # A filtered purge keeps rows that do not match, so it never drops a partition.
+        for part in parts:
+            if part.before_cutoff and not job.where:
+                drops[part.name] = pg.relation_rows(target, conn, part.name)
+        relations = pg.leaf_partitions(target, conn, job.table, excluding=list(drops))
+    queries = {
+        relation: pg.PurgeQuery(target, relation, column, cutoff, job.where)
+        for relation in relations
+    }
+    walks = {relation: query.plan(conn) for relation, query in queries.items()}
+    table_rows = pg.relation_rows(target, conn, job.table)
+    return Plan(queries, walks, drops, table_rows, column)
+
+
+def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
+    with pg.connect(ctx.target()) as conn:
+        plan = make_plan(job, ctx, conn)
+        samples: list[dict[str, Any]] = []
+        for query in plan.query.values():
+            if len(samples) < job.sample_rows:
+                samples += query.samples(conn, job.sample_rows - len(samples))
+    return {
+        "rows": plan.rows,
+        "table_rows": plan.table_rows,
+        "cutoff": job.cutoff(ctx.now),
+        "oldest": plan.extreme("oldest", min),
+        "newest": plan.extreme("newest", max),
+        "format": plan.column.kind,
+        "drop_partitions": plan.drops,
+        "samples": samples,
+        "would_refuse": job.refusal(plan.rows, plan.table_rows),
+    }
+
+
+def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
+    """Delete what the plan says; returns rows deleted and the result to record."""
+    target = ctx.target()
+    with pg.connect(target) as conn:
+        plan = make_plan(job, ctx, conn)
+        refusal = job.refusal(plan.rows, plan.table_rows)
+        if refusal:
+            raise RefusedError(refusal)
+        result: dict[str, Any] = {
+            "cutoff": job.cutoff(ctx.now).isoformat(),
+            "format": plan.column.kind,
+            "planned": plan.rows,
+            "partitions_dropped": [],
+            "batches": 0,
+        }
+        deleted = 0
+        with ctx.token.interrupting(pg.canceller(conn)):
+            for partition, rows in plan.drops.items():
+                drop = partial(pg.drop_partition, target, conn, job.table, partition)
+                _retrying(ctx, f"dropping partition {partition!r}", drop, job.lock_timeout)
+                deleted += rows
+                result["partitions_dropped"].append(partition)
+                ctx.progress(100 * deleted / max(plan.rows, 1), deleted)
+            for relation, query in plan.query.items():
+                deleted = _walk(
+                    job, ctx, conn, query, plan.walks[relation], deleted, plan.rows, result
+                )
+        result["deleted"] = deleted
+    return deleted, result
+
+
+def _walk(
+    job: PurgeJob,
+    ctx: RunContext,
+    conn: Connection,
+    query: pg.PurgeQuery,
+    walk: dict[str, Any],
+    deleted: int,
+    planned: int,
+    result: dict[str, Any],
+) -> int:
+    """Delete block window by block window; each window is one bounded transaction."""
+    if not walk["rows"]:
+        return deleted
+    low, last = int(walk["block_low"]), int(walk["block_high"])
+    width = FIRST_WIDTH
+    give_ups = 0
+    longest = result.get("longest_batch_ms", 0.0)
+    while low <= last:
+        ctx.check_cancelled()
+        high = min(low + width, last + 1)
+        began = time.monotonic()
+        try:
+            deleted += query.delete_window(conn, low, high, job.lock_timeout, job.statement_timeout)
+        except DBAPIError as exc:
+            ctx.check_cancelled()
+            if not pg.gave_up(exc):
+                raise
+            give_ups += 1
+            if give_ups >= MAX_GIVE_UPS:
+                raise TargetError(
+                    f"table {job.table!r}: {give_ups} batches in a row could not get their "
+                    f"locks within lock_timeout={job.lock_timeout.total_seconds():g}s "
+                    "or finish within statement_timeout; another session holds them"
+                ) from None
+            width = max(1, width // 2)
+            if ctx.token.wait(min(0.1 * 2**give_ups, 5.0)):
+                raise Cancelled(ctx.token.reason) from None
+            continue
+        elapsed = time.monotonic() - began
+        give_ups = 0
+        longest = max(longest, elapsed * 1000)
+        result["batches"] += 1
+        low = high
+        if elapsed < TARGET / 2:
+            width = min(width * 2, MAX_WIDTH)
+        elif elapsed > TARGET * 2:
+            width = max(1, width // 2)
+        ctx.progress(100 * deleted / max(planned, 1), deleted)
+    result["longest_batch_ms"] = round(longest, 1)
+    return deleted
+
+
+def _retrying(
+    ctx: RunContext, what: str, step: Callable[[timedelta], None], lock_timeout: timedelta
+) -> None:
+    """Run a lock-bounded step, backing off while another session holds the locks."""
+    for attempt in range(1, MAX_GIVE_UPS + 1):
+        ctx.check_cancelled()
+        try:
+            step(lock_timeout)
+            return
+        except DBAPIError as exc:
+            if not pg.gave_up(exc):
+                raise
+            if ctx.token.wait(min(0.1 * 2**attempt, 5.0)):
+                raise Cancelled(ctx.token.reason) from None
+    raise TargetError(f"{what}: could not get the locks it needs; another session holds them")

@@ -1,0 +1,413 @@
+"""Scheduling through the real CLI: exactly-once slots, missed slots, timeouts, retries,
+concurrency policies, graceful shutdown, idle cost and history retention."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Project
+
+JOBS = """
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def record(ctx, pause=0.0):
+    if pause:
+        ctx.token.wait(pause)
+    with (HERE / "ran.log").open("a") as log:
+        log.write(f"{ctx.job.name} {ctx.scheduled_for.isoformat()} {ctx.attempt} {os.getpid()}\\n")
+
+
+def flaky(ctx, failures=2):
+    counter = HERE / "flaky.count"
+    seen = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(seen + 1))
+    if seen < failures:
+        raise RuntimeError(f"failure number {seen + 1}")
+    return {"rows_affected": 7}
+
+
+def wait(ctx, seconds=60.0):
+    (HERE / f"{ctx.job.name}.started").write_text(str(os.getpid()))
+    ctx.token.wait(seconds)
+    ctx.check_cancelled()
+    (HERE / f"{ctx.job.name}.finished").touch()
+"""
+
+History = Callable[..., list[dict[str, Any]]]
+
+
+def _project(project: Project, jobs: str, keeper: str = "") -> Project:
+    (project.path / "jobs.py").write_text(JOBS)
+    project.write_config(f"[keeper]\n{keeper}\n{jobs}")
+    return project
+
+
+def _set_cursor(project: Project, job: str, moment: datetime) -> None:
+    conn = sqlite3.connect(project.state)
+    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    conn.execute("UPDATE dbkeeper_jobs SET cursor = ? WHERE name = ?", (text, job))
+    conn.commit()
+    conn.close()
+
+
+def _minute_start(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _away_from_minute_boundary() -> datetime:
+    """Now, at least 8 seconds before the next whole minute (waiting if needed)."""
+    moment = datetime.now(UTC)
+    if moment.second >= 50:
+        time.sleep(61 - moment.second)
+    return datetime.now(UTC)
+
+
+def _lines(project: Project) -> list[list[str]]:
+    log = project.path / "ran.log"
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _wait_for(path: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+EVERY_MINUTE = """
+[jobs.minutely]
+task = "python"
+call = "jobs:record"
+schedule = "* * * * *"
+{extra}
+"""
+
+
+def test_tick_three_times_in_a_minute_records_one_run(project: Project, history: History) -> None:
+    _project(project, EVERY_MINUTE.format(extra=""))
+    first = project.cli("tick", "--json")
+    assert first.returncode == 0, first.stderr
+    assert first.json() == [], "a new job starts from now: nothing to catch up"
+    moment = _away_from_minute_boundary()
+    slot = _minute_start(moment)
+    _set_cursor(project, "minutely", slot - timedelta(seconds=1))
+    results = [project.cli("tick", "--json") for _ in range(3)]
+    assert [len(result.json()) for result in results] == [1, 0, 0]
+    runs = history("minutely")
+    assert [(run["status"], run["scheduled_for"]) for run in runs] == [
+        ("succeeded", slot.isoformat())
+    ]
+    assert [line[1] for line in _lines(project)] == [slot.isoformat()]
+
+
+def test_racing_tick_processes_never_run_a_slot_twice(project: Project, history: History) -> None:
+    _project(project, EVERY_MINUTE.format(extra='concurrency = "queue"'))
+    assert project.cli("tick").returncode == 0
+    moment = _away_from_minute_boundary()
+    newest = _minute_start(moment)
+    _set_cursor(project, "minutely", newest - timedelta(minutes=5, seconds=1))
+    ticks = [project.popen("tick") for _ in range(4)]
+    for tick in ticks:
+        tick.communicate(timeout=120)
+    assert {tick.returncode for tick in ticks} == {0}
+    expected = [(newest - timedelta(minutes=n)).isoformat() for n in range(5, -1, -1)]
+    ran = Counter(line[1] for line in _lines(project))
+    assert sorted(ran) == expected
+    assert set(ran.values()) == {1}
+    runs = history("minutely")
+    assert sorted(run["scheduled_for"] for run in runs) == expected
+    assert {run["status"] for run in runs} == {"succeeded"}
+
+
+def test_slots_older_than_their_grace_are_recorded_missed(
+    project: Project, history: History
+) -> None:
+    # The tick runs in the first 59 seconds of a minute, so with a grace of 2m59s the
+    # slot two minutes back is always within it and the one three minutes back never.
+    _project(project, EVERY_MINUTE.format(extra='misfire_grace = "179s"'))
+    assert project.cli("tick").returncode == 0
+    moment = _away_from_minute_boundary()
+    newest = _minute_start(moment)
+    _set_cursor(project, "minutely", newest - timedelta(minutes=10, seconds=1))
+    assert project.cli("tick").returncode == 0
+    runs = history("minutely")
+    assert len(runs) == 11, "every slot is accounted for"
+    missed = [run for run in runs if run["status"] == "missed"]
+    recent = [run for run in runs if run["status"] != "missed"]
+    assert sorted(run["scheduled_for"] for run in missed) == [
+        (newest - timedelta(minutes=n)).isoformat() for n in range(10, 2, -1)
+    ]
+    assert all("misfire_grace is 2m59s" in run["error"] for run in missed)
+    # Within the grace: the first slot runs and, with concurrency = "skip", it is
+    # still running when the next is claimed in the same pass.
+    statuses = sorted(run["status"] for run in recent)
+    assert statuses.count("succeeded") == 1
+    assert set(statuses) <= {"succeeded", "skipped"}
+
+
+def test_a_long_outage_is_summarised_not_dropped(project: Project, history: History) -> None:
+    # A grace of 59s keeps the current minute's slot and misses every older one.
+    _project(project, EVERY_MINUTE.format(extra='misfire_grace = "59s"'))
+    assert project.cli("tick").returncode == 0
+    moment = _away_from_minute_boundary()
+    newest = _minute_start(moment)
+    _set_cursor(project, "minutely", newest - timedelta(hours=3, seconds=1))
+    assert project.cli("tick").returncode == 0
+    runs = history("minutely")
+    missed = [run for run in runs if run["status"] == "missed"]
+    assert len(missed) == 101
+    (summary,) = [run for run in missed if "recorded as one" in run["error"]]
+    assert summary["error"].startswith("80 slots from ")
+    assert [run["status"] for run in runs if run["status"] != "missed"] == ["succeeded"]
+
+
+def test_disabled_jobs_never_run_on_schedule(project: Project, history: History) -> None:
+    _project(project, EVERY_MINUTE.format(extra="enabled = false"))
+    assert project.cli("tick").returncode == 0
+    _set_cursor(project, "minutely", datetime.now(UTC) - timedelta(minutes=5))
+    assert project.cli("tick", "--json").json() == []
+    assert history("minutely") == []
+    status = project.cli("status", "--json").json()
+    assert [job["health"] for job in status["jobs"]] == ["disabled"]
+
+
+def test_timeout_is_recorded_as_timed_out(project: Project, history: History) -> None:
+    _project(
+        project,
+        """
+        [jobs.stuck]
+        task = "python"
+        call = "jobs:wait"
+        timeout = "1s"
+        """,
+    )
+    started = time.monotonic()
+    result = project.cli("run", "stuck", "--json")
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    (run,) = result.json()
+    assert run["status"] == "timed_out"
+    assert "timeout after 1s" in run["error"]
+    assert not (project.path / "stuck.finished").exists()
+    assert [r["status"] for r in history("stuck")] == ["timed_out"]
+
+
+def test_retries_back_off_exponentially_then_succeed(project: Project, history: History) -> None:
+    _project(
+        project,
+        """
+        [jobs.flaky]
+        task = "python"
+        call = "jobs:flaky"
+        retries = 3
+        retry_backoff = "1s"
+        """,
+    )
+    result = project.cli("run", "flaky", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = sorted(history("flaky"), key=lambda run: run["attempt"])
+    assert [(run["attempt"], run["status"]) for run in runs] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "succeeded"),
+    ]
+    assert [run["error"] for run in runs] == [
+        "RuntimeError: failure number 1",
+        "RuntimeError: failure number 2",
+        None,
+    ]
+    assert runs[2]["rows_affected"] == 7
+    assert len({run["scheduled_for"] for run in runs}) == 1, "retries keep their slot"
+    assert [run["trigger"] for run in runs] == ["manual", "retry", "retry"]
+    started = [datetime.fromisoformat(run["started_at"]) for run in runs]
+    finished = [datetime.fromisoformat(run["finished_at"]) for run in runs]
+    assert (started[1] - finished[0]).total_seconds() >= 1.0
+    assert (started[2] - finished[1]).total_seconds() >= 2.0
+
+
+def test_failures_are_counted_until_a_success(project: Project, history: History) -> None:
+    _project(
+        project,
+        """
+        [jobs.flaky]
+        task = "python"
+        call = "jobs:flaky"
+        schedule = "@daily"
+        """,
+    )
+
+    def failures() -> tuple[str, int]:
+        (job,) = project.cli("status", "--json").json()["jobs"]
+        return job["health"], job["consecutive_failures"]
+
+    assert project.cli("run", "flaky").returncode == 1
+    assert project.cli("run", "flaky").returncode == 1
+    assert failures() == ("failing", 2)
+    assert project.cli("run", "flaky").returncode == 0
+    assert failures() == ("healthy", 0)
+
+
+def test_queue_policy_runs_a_slot_after_the_running_one(project: Project, history: History) -> None:
+    _project(
+        project,
+        """
+        [jobs.minutely]
+        task = "python"
+        call = "jobs:record"
+        args = { pause = 1.5 }
+        schedule = "* * * * *"
+        concurrency = "queue"
+        """,
+    )
+    assert project.cli("tick").returncode == 0
+    moment = _away_from_minute_boundary()
+    newest = _minute_start(moment)
+    _set_cursor(project, "minutely", newest - timedelta(minutes=1, seconds=1))
+    assert project.cli("tick").returncode == 0
+    lines = _lines(project)
+    assert [line[1] for line in lines] == [
+        (newest - timedelta(minutes=1)).isoformat(),
+        newest.isoformat(),
+    ]
+    assert {run["status"] for run in history("minutely")} == {"succeeded"}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_start_sleeps_instead_of_polling(project: Project) -> None:
+    _project(
+        project,
+        """
+        [jobs.yearly]
+        task = "python"
+        call = "jobs:record"
+        schedule = "0 0 1 1 *"
+        """,
+    )
+    process = project.popen("start")
+    try:
+        time.sleep(3)
+        before = _cpu_seconds(process.pid)
+        time.sleep(6)
+        used = _cpu_seconds(process.pid) - before
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert used < 0.3, f"idle scheduler used {used:.2f}s of CPU in 6s"
+
+
+SECONDLY = """
+[jobs.sleeper]
+task = "python"
+call = "jobs:wait"
+args = {{ seconds = {seconds} }}
+schedule = "* * * * * *"
+"""
+
+
+def test_sigterm_lets_a_running_job_finish(project: Project, history: History) -> None:
+    _project(project, SECONDLY.format(seconds=2), keeper='shutdown_grace = "20s"')
+    process = project.popen("start")
+    try:
+        _wait_for(project.path / "sleeper.started")
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert (project.path / "sleeper.finished").exists()
+    statuses = Counter(run["status"] for run in history("sleeper"))
+    assert statuses["succeeded"] == 1
+    assert set(statuses) <= {"succeeded", "skipped"}
+    assert project.cli("status", "--json").json()["running"] == []
+
+
+def test_sigterm_past_the_grace_records_the_interruption(
+    project: Project, history: History
+) -> None:
+    _project(project, SECONDLY.format(seconds=120), keeper='shutdown_grace = "1s"')
+    process = project.popen("start")
+    try:
+        _wait_for(project.path / "sleeper.started")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert took < 10
+    assert not (project.path / "sleeper.finished").exists()
+    interrupted = [run for run in history("sleeper") if run["status"] == "cancelled"]
+    assert len(interrupted) == 1
+    assert interrupted[0]["error"] == "cancelled: interrupted by shutdown"
+    nodes = project.cli("status", "--json").json()["nodes"]
+    assert [node["alive"] for node in nodes if node["role"] == "scheduler"] == [False]
+
+
+def test_history_is_pruned_by_its_own_retention(project: Project, history: History) -> None:
+    _project(
+        project,
+        """
+        [jobs.once]
+        task = "python"
+        call = "jobs:record"
+        """,
+        keeper='history_retention = "1d"',
+    )
+    for _ in range(3):
+        assert project.cli("run", "once").returncode == 0
+    old_ids = [run["id"] for run in history("once")][1:]
+    conn = sqlite3.connect(project.state)
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).replace(tzinfo=None).isoformat(" ")
+    conn.executemany(
+        "UPDATE dbkeeper_runs SET finished_at = ? WHERE id = ?",
+        [(two_days_ago, run_id) for run_id in old_ids],
+    )
+    conn.commit()
+    conn.close()
+    assert project.cli("tick").returncode == 0
+    remaining = history("once")
+    assert len(remaining) == 1 and remaining[0]["id"] not in old_ids
+
+
+@pytest.mark.parametrize("status", ["running", "queued"])
+def test_history_retention_never_prunes_unfinished_runs(status: str, tmp_path: Path) -> None:
+    from dbkeeper.models import RunStatus, Trigger
+    from dbkeeper.store import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    run_id = store.claim(
+        "job",
+        datetime(2020, 1, 1, tzinfo=UTC),
+        status=RunStatus(status),
+        trigger=Trigger.SCHEDULE,
+        node=None,
+    )
+    assert run_id is not None
+    assert store.prune(datetime.now(UTC)) == 0
+    assert store.get_run(run_id) is not None
