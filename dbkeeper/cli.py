@@ -478,6 +478,23 @@ def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
         )
     else:
         output.console.print("no scheduler is running (start one with `dbkeeper start`)")
+    if data["running"]:
+        output.table(
+            "running",
+            ["run", "job", "slot (UTC)", "attempt", "started", "progress", "node"],
+            [
+                (
+                    run["id"],
+                    run["job"],
+                    output.when(run["scheduled_for"]),
+                    run["attempt"],
+                    output.when(run["started_at"]),
+                    f"{run['progress']:.0f}%",
+                    run["node"] or "-",
+                )
+                for run in data["running"]
+            ],
+        )
 
 
 @main.command()

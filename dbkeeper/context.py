@@ -97,6 +97,12 @@ class RunContext:
         self._last_progress = 0.0
         self.rows: int | None = None
 
+    @property
+    def application_name(self) -> str:
+        """How this run names its database sessions."""
+        run = f"run {self.run_id}" if self.run_id is not None else "preview"
+        return f"dbkeeper {self.job.name} {run}"
+
     def target(self, name: str | None = None) -> Target:
         wanted = name or self.job.database
         if wanted is None or wanted not in self.targets:

@@ -61,6 +61,11 @@ class JobSpec(Strict):
         """Whether the job deletes or rewrites data (then it is previewable and guarded)."""
         return False
 
+    @property
+    def tables_written(self) -> tuple[str, ...]:
+        """Tables this job deletes from or rewrites: no two runs work on one at once."""
+        return ()
+
     def check(self, ctx: RunContext) -> None:
         """Check the job against the real database, changing nothing."""
         raise NotImplementedError

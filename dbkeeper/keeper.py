@@ -7,6 +7,7 @@ methods, so they can never disagree about what a job is or does.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -40,7 +41,12 @@ class Keeper:
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> Keeper:
-        return cls(config_module.load(path))
+        config = config_module.load(path)
+        # `python` jobs name modules that live beside the config file.
+        folder = str(config.path.parent.resolve())
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        return cls(config)
 
     @classmethod
     def in_memory(
@@ -168,7 +174,7 @@ class Keeper:
             )
             if run_id is None:
                 raise DbkeeperError(f"could not record a run of {name!r}")
-            runner = Runner(store, self.targets, node.id)
+            runner = Runner(store, self.targets, node.id, self.config.keeper.lease)
             with Heartbeat(store, node.id, self.config.keeper.heartbeat.total_seconds()):
                 return runner.execute(job, run_id, slot, token=token, on_progress=on_progress)
         finally:

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ log = logging.getLogger("dbkeeper.runner")
 STOP_GRACE = 5.0
 MAX_BACKOFF = timedelta(hours=1)
 PROGRESS_WRITE_INTERVAL = 1.0
+LOCK_POLL = 0.5
 
 
 @dataclass
@@ -46,12 +48,14 @@ class Runner:
         self,
         store: StateStore,
         targets: dict[str, Target],
-        node: str | None,
+        node: str,
+        lease: timedelta,
         stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
         self.node = node
+        self.lease = lease
         self.stopping = stopping or threading.Event()
 
     def execute(
@@ -141,7 +145,7 @@ class Runner:
         )
         box: list[Attempt] = []
         body = threading.Thread(
-            target=lambda: box.append(self._body(job, ctx)),
+            target=lambda: box.append(self._body(job, run_id, ctx)),
             name=f"dbkeeper-run-{run_id}",
             daemon=True,
         )
@@ -162,9 +166,29 @@ class Runner:
             return Attempt(RunStatus.FAILED, error="the task thread ended without a result")
         return box[0]
 
-    def _body(self, job: JobSpec, ctx: RunContext) -> Attempt:
+    @contextmanager
+    def _tables_locked(self, job: JobSpec, run_id: int, ctx: RunContext) -> Iterator[None]:
+        """Hold the job's tables for this run, waiting while another run (on any node) has them."""
+        taken: list[str] = []
         try:
-            outcome = job.run(ctx)
+            for resource in sorted(f"{job.database}.{table}" for table in job.tables_written):
+                waited = False
+                while holder := self.store.lock(resource, run_id, self.node, self.lease):
+                    if not waited:
+                        log.info("run %s waits for %s, held by run %s", run_id, resource, holder)
+                        waited = True
+                    ctx.token.wait(LOCK_POLL)
+                    ctx.check_cancelled()
+                taken.append(resource)
+            yield
+        finally:
+            for resource in taken:
+                self.store.unlock(resource, run_id)
+
+    def _body(self, job: JobSpec, run_id: int, ctx: RunContext) -> Attempt:
+        try:
+            with self._tables_locked(job, run_id, ctx):
+                outcome = job.run(ctx)
         except Cancelled as exc:
             status = (
                 RunStatus.TIMED_OUT if exc.reason.startswith("timeout") else RunStatus.CANCELLED

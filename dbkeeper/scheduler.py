@@ -48,7 +48,9 @@ class Scheduler:
         self.store = keeper.store
         self.stopping = threading.Event()
         self.node = self.store.register_node(role)
-        self.runner = Runner(self.store, keeper.targets, self.node.id, self.stopping)
+        self.runner = Runner(
+            self.store, keeper.targets, self.node.id, keeper.config.keeper.lease, self.stopping
+        )
         self._wake = threading.Event()
         self._tokens: dict[int, CancelToken] = {}
         self._lock = threading.Lock()

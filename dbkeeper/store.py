@@ -26,6 +26,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -52,6 +53,8 @@ from dbkeeper.targets import SQLITE_BUSY_TIMEOUT_MS
 from dbkeeper.version import __version__
 
 SCHEMA_VERSION = 1
+# The PostgreSQL advisory lock key serialising migrations ("dbkeeper" in ASCII).
+MIGRATION_LOCK = 0x64626B6565706572
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -233,6 +236,8 @@ class StateStore:
     def migrate(self) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION."""
         with self.transaction() as conn:
+            if not self.sqlite:  # nodes starting together must not race to create tables
+                conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
             metadata.create_all(conn, checkfirst=True)
             found = conn.execute(
                 select(meta_table.c.value).where(meta_table.c.key == "schema_version")
@@ -497,6 +502,11 @@ class StateStore:
             for row in rows
         ]
 
+    def _live_nodes(self, lease: timedelta) -> Select[tuple[str]]:
+        return select(nodes_table.c.id).where(
+            nodes_table.c.stopped_at.is_(None), nodes_table.c.heartbeat_at >= now() - lease
+        )
+
     def abandon_orphans(self, lease: timedelta) -> list[Run]:
         """Mark runs whose node is gone as abandoned; return the runs this call marked.
 
@@ -521,9 +531,7 @@ class StateStore:
                     .where(nodes_table.c.id.in_(vanished))
                     .values(stopped_at=now())
                 )
-            live = select(nodes_table.c.id).where(
-                nodes_table.c.stopped_at.is_(None), nodes_table.c.heartbeat_at >= now() - lease
-            )
+            live = self._live_nodes(lease)
             conn.execute(delete(locks_table).where(locks_table.c.node.notin_(live)))
             candidates = [
                 _run(row)
@@ -566,9 +574,18 @@ class StateStore:
 
     # -- locks --------------------------------------------------------------
 
-    def lock(self, resource: str, run_id: int, node: str) -> int | None:
-        """Take ``resource`` for a run; None when taken, else the run id holding it."""
+    def lock(self, resource: str, run_id: int, node: str, lease: timedelta) -> int | None:
+        """Take ``resource`` for a run; None when taken, else the run id holding it.
+
+        A lock whose node stopped or let its lease expire is released first.
+        """
         with self.transaction() as conn:
+            conn.execute(
+                delete(locks_table).where(
+                    locks_table.c.resource == resource,
+                    locks_table.c.node.notin_(self._live_nodes(lease)),
+                )
+            )
             conn.execute(
                 self._insert_new(
                     locks_table, resource=resource, run_id=run_id, node=node, acquired_at=now()

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from dbkeeper.context import CancelToken
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target
 from dbkeeper.timeformats import TimeFormat, detect
@@ -32,10 +33,23 @@ _INTEGER_TYPES = ("smallint", "integer", "bigint", "numeric", "double precision"
 
 
 @contextmanager
-def connect(target: Target) -> Iterator[Connection]:
-    """A connection outside any transaction (VACUUM and CONCURRENTLY need that)."""
+def connect(
+    target: Target, application_name: str, token: CancelToken | None = None
+) -> Iterator[Connection]:
+    """A connection outside any transaction (VACUUM and CONCURRENTLY need that), named in
+    ``pg_stat_activity`` so a DBA sees which job a session belongs to; with ``token``,
+    cancelling it cancels the statement running."""
     with target.engine.connect() as conn:
-        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(
+            text("SELECT set_config('application_name', :name, false)"),
+            {"name": application_name[:63]},
+        )
+        if token is None:
+            yield conn
+            return
+        with token.interrupting(canceller(conn)):
+            yield conn
 
 
 @contextmanager

@@ -58,7 +58,7 @@ class HealthJob(JobSpec):
     def measure(self, ctx: RunContext) -> dict[str, Any]:
         target = ctx.target()
         if target.backend == "postgresql":
-            with pg.connect(target) as conn, ctx.token.interrupting(pg.canceller(conn)):
+            with pg.connect(target, ctx.application_name, ctx.token) as conn:
                 figures = pg.health(conn, self.long_running, self.idle_in_transaction)
             return {"database": self.database, "integrity": [], **figures}
         path = target.sqlite_path

@@ -27,7 +27,7 @@ class OptimizeJob(JobSpec):
     def preview(self, ctx: RunContext) -> dict[str, Any]:
         target = ctx.target()
         if target.backend == "postgresql":
-            with pg.connect(target) as conn:
+            with pg.connect(target, ctx.application_name) as conn:
                 indexes = self._bloated(conn)
             return {
                 "statements": ["ANALYZE"]
@@ -53,7 +53,7 @@ class OptimizeJob(JobSpec):
         target = ctx.target()
         result: dict[str, Any] = {}
         if target.backend == "postgresql":
-            with pg.connect(target) as conn, ctx.token.interrupting(pg.canceller(conn)):
+            with pg.connect(target, ctx.application_name, ctx.token) as conn:
                 pg.analyze(conn)
                 statements = ["ANALYZE"]
                 indexes = self._bloated(conn)

@@ -45,6 +45,10 @@ class PurgeJob(JobSpec):
     def destructive(self) -> bool:
         return True
 
+    @property
+    def tables_written(self) -> tuple[str, ...]:
+        return (self.table,)
+
     def cutoff(self, now: datetime) -> datetime:
         return truncate_to_millisecond(now - self.older_than)
 

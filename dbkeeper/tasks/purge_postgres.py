@@ -73,7 +73,7 @@ def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
 
 
 def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
-    with pg.connect(ctx.target()) as conn:
+    with pg.connect(ctx.target(), ctx.application_name) as conn:
         plan = make_plan(job, ctx, conn)
         samples: list[dict[str, Any]] = []
         for query in plan.query.values():
@@ -95,7 +95,7 @@ def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
 def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
     """Delete what the plan says; returns rows deleted and the result to record."""
     target = ctx.target()
-    with pg.connect(target) as conn:
+    with pg.connect(target, ctx.application_name) as conn:
         plan = make_plan(job, ctx, conn)
         refusal = job.refusal(plan.rows, plan.table_rows)
         if refusal:

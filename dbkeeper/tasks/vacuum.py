@@ -45,7 +45,7 @@ class VacuumJob(JobSpec):
         self.check(ctx)
         target = ctx.target()
         if target.backend == "postgresql":
-            with pg.connect(target) as conn:
+            with pg.connect(target, ctx.application_name) as conn:
                 size = pg.tables_size(target, conn, self.tables)
                 report = pg.health(conn, long_running=_NEVER, idle=_NEVER)
             wanted = set(self.tables)
@@ -71,7 +71,7 @@ class VacuumJob(JobSpec):
         self.check(ctx)
         target = ctx.target()
         if target.backend == "postgresql":
-            with pg.connect(target) as conn, ctx.token.interrupting(pg.canceller(conn)):
+            with pg.connect(target, ctx.application_name, ctx.token) as conn:
                 result = pg.vacuum(target, conn, self.tables, self.full)
             if self.full:
                 result["warning"] = FULL_WARNING
