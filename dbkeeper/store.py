@@ -186,9 +186,9 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
+        shown = make_url(url).render_as_string()
         try:
-            parsed = make_url(url)
-            self.sqlite = parsed.get_backend_name() == "sqlite"
+            self.sqlite = make_url(url).get_backend_name() == "sqlite"
             if self.sqlite:
                 self.engine = create_engine(
                     url, isolation_level="AUTOCOMMIT", json_serializer=_dumps
@@ -196,11 +196,15 @@ class StateStore:
                 event.listen(self.engine, "connect", _configure_sqlite)
             else:
                 self.engine = create_engine(url, pool_pre_ping=True, json_serializer=_dumps)
-            self.migrate()
         except SQLAlchemyError as exc:
-            raise DbkeeperError(
-                f"state store {make_url(url).render_as_string()}: {str(exc).splitlines()[0]}"
-            ) from None
+            raise DbkeeperError(f"state store {shown}: {str(exc).splitlines()[0]}") from None
+        try:
+            self.migrate()
+        except BaseException as exc:
+            self.engine.dispose()
+            if isinstance(exc, SQLAlchemyError):
+                raise DbkeeperError(f"state store {shown}: {str(exc).splitlines()[0]}") from None
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
