@@ -109,10 +109,10 @@ class TimeColumn:
     def cutoff(self, cutoff: datetime) -> object:
         if self.kind == "timestamptz":
             return cutoff
-        if self.kind in ("timestamp", "date"):
-            # Local wall time in the column's zone. A date is the start of its day, so
-            # `date < timestamp` keeps a day until its midnight lies before the cutoff.
+        if self.kind == "timestamp":  # local wall time in the column's zone
             return cutoff.astimezone(self.zone).replace(tzinfo=None)
+        if self.kind == "date":  # only days that ended before the cutoff go
+            return cutoff.astimezone(self.zone).date()
         return TimeFormat(self.kind).cutoff_value(cutoff)
 
     def to_datetime(self, value: object) -> datetime | None:
@@ -311,13 +311,19 @@ class PurgeQuery:
     def delete_window(
         self, conn: Connection, low: int, high: int, lock_timeout: timedelta, statement: timedelta
     ) -> int:
-        """Delete matching rows in heap blocks [low, high) in one short transaction."""
+        """Delete matching rows in heap blocks [low, high) in one short transaction.
+
+        Rows another session has locked are skipped, not waited for: the purge never
+        holds its own row locks while queueing behind the application's.
+        """
         with transaction(conn):
             set_local_timeouts(conn, lock_timeout, statement)
             result = conn.execute(
                 text(
-                    f"DELETE FROM {self.table} WHERE ctid >= CAST(:low AS tid) "
-                    f"AND ctid < CAST(:high AS tid) AND {self.condition}"
+                    f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY("
+                    f"SELECT ctid FROM {self.table} WHERE ctid >= CAST(:low AS tid) "
+                    f"AND ctid < CAST(:high AS tid) AND {self.condition} "
+                    "FOR UPDATE SKIP LOCKED))"
                 ),
                 {**self.params, "low": f"({low},0)", "high": f"({high},0)"},
             )

@@ -21,12 +21,16 @@ from dbkeeper.schedule import load_timezone
 if TYPE_CHECKING:
     from dbkeeper.tasks.purge import PurgeJob
 
-# Block windows start small and grow while batches stay under TARGET seconds.
+# Block windows start small and grow while batches stay under TARGET seconds (less when
+# lock_timeout is short: an application statement may wait for a whole batch).
 FIRST_WIDTH = 32
 MAX_WIDTH = 65_536
 TARGET = 0.2
 # Give up on a table after this many consecutive batches that could not get their locks.
 MAX_GIVE_UPS = 20
+# Walks over a table per run: the first, then sweeps (after growing pauses) for rows
+# that were locked or moved while it ran. What is still left waits for the next run.
+MAX_SWEEPS = 5
 
 
 @dataclass
@@ -116,11 +120,34 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
                 result["partitions_dropped"].append(partition)
                 ctx.progress(100 * deleted / max(plan.rows, 1), deleted)
             for relation, query in plan.query.items():
-                deleted = _walk(
-                    job, ctx, conn, query, plan.walks[relation], deleted, plan.rows, result
-                )
+                deleted = _sweep(job, ctx, conn, query, plan.walks[relation], deleted, plan, result)
         result["deleted"] = deleted
     return deleted, result
+
+
+def _sweep(
+    job: PurgeJob,
+    ctx: RunContext,
+    conn: Connection,
+    query: pg.PurgeQuery,
+    walk: dict[str, Any],
+    deleted: int,
+    plan: Plan,
+    result: dict[str, Any],
+) -> int:
+    """Walk the relation, then again while rows are left: rows locked by the application
+    were skipped, and rows it updated may have moved to blocks already walked."""
+    for sweep in range(MAX_SWEEPS):
+        if sweep:
+            result["sweeps"] = sweep
+            if ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
+                raise Cancelled(ctx.token.reason)
+        deleted = _walk(job, ctx, conn, query, walk, deleted, plan.rows, result)
+        walk = query.plan(conn)
+        if not walk["rows"]:
+            return deleted
+    result["left_for_next_run"] = result.get("left_for_next_run", 0) + walk["rows"]
+    return deleted
 
 
 def _walk(
@@ -138,6 +165,7 @@ def _walk(
         return deleted
     low, last = int(walk["block_low"]), int(walk["block_high"])
     width = FIRST_WIDTH
+    target = min(TARGET, job.lock_timeout.total_seconds() / 4)
     give_ups = 0
     longest = result.get("longest_batch_ms", 0.0)
     while low <= last:
@@ -166,9 +194,9 @@ def _walk(
         longest = max(longest, elapsed * 1000)
         result["batches"] += 1
         low = high
-        if elapsed < TARGET / 2:
+        if elapsed < target / 2:
             width = min(width * 2, MAX_WIDTH)
-        elif elapsed > TARGET * 2:
+        elif elapsed > target * 2:
             width = max(1, width // 2)
         ctx.progress(100 * deleted / max(planned, 1), deleted)
     result["longest_batch_ms"] = round(longest, 1)
