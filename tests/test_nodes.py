@@ -38,6 +38,11 @@ def slow(ctx, seconds=30.0):
 """
 
 
+def _setup(project: Project, pg_url: str, jobs: str) -> None:
+    (project.path / "nodejobs.py").write_text(JOBS_MODULE)
+    project.write_config(_config(pg_url, jobs))
+
+
 def _config(pg_url: str, jobs: str) -> str:
     return f"""
         [keeper]
@@ -65,11 +70,10 @@ def _stop(processes: list[subprocess.Popen[str]]) -> list[str]:
 def test_three_nodes_run_each_slot_exactly_once(
     project: Project, pg_url: str, history: Callable[..., list[dict[str, Any]]]
 ) -> None:
-    (project.path / "nodejobs.py").write_text(JOBS_MODULE)
-    project.write_config(
-        _config(
-            pg_url,
-            """
+    _setup(
+        project,
+        pg_url,
+        """
             [jobs.beat]
             task = "python"
             call = "nodejobs:record"
@@ -77,7 +81,6 @@ def test_three_nodes_run_each_slot_exactly_once(
             schedule = "every 2s"
             misfire_grace = "1m"
             """,
-        )
     )
     nodes = [project.popen("start") for _ in range(3)]
     try:
@@ -113,11 +116,10 @@ def test_three_nodes_run_each_slot_exactly_once(
 def test_killed_node_run_is_abandoned_and_retried_on_a_live_node(
     project: Project, pg_url: str, history: Callable[..., list[dict[str, Any]]]
 ) -> None:
-    (project.path / "nodejobs.py").write_text(JOBS_MODULE)
-    project.write_config(
-        _config(
-            pg_url,
-            """
+    _setup(
+        project,
+        pg_url,
+        """
             [jobs.slow]
             task = "python"
             call = "nodejobs:slow"
@@ -125,7 +127,6 @@ def test_killed_node_run_is_abandoned_and_retried_on_a_live_node(
             retries = 1
             retry_backoff = "1s"
             """,
-        )
     )
     nodes = [project.popen("start"), project.popen("start")]
     try:
