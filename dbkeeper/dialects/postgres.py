@@ -288,15 +288,21 @@ class PurgeQuery:
             ),
             self.params,
         ).one()
-        total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
         return {
             "rows": int(count),
-            "table_rows": int(total),
             "oldest": self.time.to_datetime(oldest),
             "newest": self.time.to_datetime(newest),
             "block_low": low,
             "block_high": high,
         }
+
+    def any_left(self, conn: Connection) -> bool:
+        """Whether any row still matches (cheap: stops at the first one)."""
+        found = conn.execute(
+            text(f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE {self.condition})"),
+            self.params,
+        ).scalar_one()
+        return bool(found)
 
     def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
         result = conn.execute(
@@ -309,23 +315,31 @@ class PurgeQuery:
         return [dict(row._mapping) for row in result]
 
     def delete_window(
-        self, conn: Connection, low: int, high: int, lock_timeout: timedelta, statement: timedelta
+        self,
+        conn: Connection,
+        low: int,
+        high: int,
+        lock_timeout: timedelta,
+        statement: timedelta,
+        skip_locked: bool,
     ) -> int:
         """Delete matching rows in heap blocks [low, high) in one short transaction.
 
-        Rows another session has locked are skipped, not waited for: the purge never
-        holds its own row locks while queueing behind the application's.
+        With ``skip_locked``, rows another session has locked are skipped, not waited
+        for (at the price of locking each row before deleting it).
         """
+        window = f"ctid >= CAST(:low AS tid) AND ctid < CAST(:high AS tid) AND {self.condition}"
+        if skip_locked:
+            sql = (
+                f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY("
+                f"SELECT ctid FROM {self.table} WHERE {window} FOR UPDATE SKIP LOCKED))"
+            )
+        else:
+            sql = f"DELETE FROM {self.table} WHERE {window}"
         with transaction(conn):
             set_local_timeouts(conn, lock_timeout, statement)
             result = conn.execute(
-                text(
-                    f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY("
-                    f"SELECT ctid FROM {self.table} WHERE ctid >= CAST(:low AS tid) "
-                    f"AND ctid < CAST(:high AS tid) AND {self.condition} "
-                    "FOR UPDATE SKIP LOCKED))"
-                ),
-                {**self.params, "low": f"({low},0)", "high": f"({high},0)"},
+                text(sql), {**self.params, "low": f"({low},0)", "high": f"({high},0)"}
             )
         return int(result.rowcount)
 

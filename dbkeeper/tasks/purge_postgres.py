@@ -28,6 +28,8 @@ MAX_WIDTH = 65_536
 TARGET = 0.2
 # Give up on a table after this many consecutive batches that could not get their locks.
 MAX_GIVE_UPS = 20
+# How long a plain delete waits for a lock before the walk switches to skipping locked rows.
+FAST_LOCK_WAIT = timedelta(milliseconds=50)
 # Walks over a table per run: the first, then sweeps (after growing pauses) for rows
 # that were locked or moved while it ran. What is still left waits for the next run.
 MAX_SWEEPS = 5
@@ -143,9 +145,9 @@ def _sweep(
             if ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
                 raise Cancelled(ctx.token.reason)
         deleted = _walk(job, ctx, conn, query, walk, deleted, plan.rows, result)
-        walk = query.plan(conn)
-        if not walk["rows"]:
+        if not query.any_left(conn):
             return deleted
+        walk = query.plan(conn)
     result["left_for_next_run"] = result.get("left_for_next_run", 0) + walk["rows"]
     return deleted
 
@@ -168,16 +170,25 @@ def _walk(
     target = min(TARGET, job.lock_timeout.total_seconds() / 4)
     give_ups = 0
     longest = result.get("longest_batch_ms", 0.0)
+    # Plain deletes wait at most FAST_LOCK_WAIT for a lock; once one had to give up, the
+    # table is contended and windows skip locked rows (sweeps come back for them).
+    skip_locked = bool(result.get("skip_locked"))
     while low <= last:
         ctx.check_cancelled()
         high = min(low + width, last + 1)
         began = time.monotonic()
+        wait = job.lock_timeout if skip_locked else min(job.lock_timeout, FAST_LOCK_WAIT)
         try:
-            deleted += query.delete_window(conn, low, high, job.lock_timeout, job.statement_timeout)
+            deleted += query.delete_window(
+                conn, low, high, wait, job.statement_timeout, skip_locked
+            )
         except DBAPIError as exc:
             ctx.check_cancelled()
             if not pg.gave_up(exc):
                 raise
+            if not skip_locked:
+                skip_locked = result["skip_locked"] = True
+                continue
             give_ups += 1
             if give_ups >= MAX_GIVE_UPS:
                 raise TargetError(
