@@ -31,6 +31,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/purge_sqlite.py
+	$(BIN)/python bench/purge_postgres.py
+	$(BIN)/python bench/run_overhead.py
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check dbkeeper tests bench demo
 	$(BIN)/ruff format --check dbkeeper tests bench demo
