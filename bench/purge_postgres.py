@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import tempfile
 import time
 from multiprocessing.synchronize import Event
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from purge_job import timed_purge
 from sqlalchemy.engine import make_url
-
-from dbkeeper import Keeper
 
 RETENTION_DAYS = 30
 SOURCE = "dbkeeper_bench_source"
@@ -92,30 +89,8 @@ def bare_delete(url: str) -> tuple[float, float]:
 
 def dbkeeper_purge(url: str) -> tuple[float, float]:
     """Seconds for the whole run, and the longest purge transaction in seconds."""
-    with tempfile.TemporaryDirectory() as folder:
-        config = Path(folder) / "dbkeeper.toml"
-        config.write_text(
-            f"""
-[databases.app]
-url = "{url}"
-
-[jobs.purge]
-task = "purge"
-database = "app"
-table = "events"
-column = "at"
-older_than = "{RETENTION_DAYS}d"
-"""
-        )
-        keeper = Keeper.from_config(config)
-        try:
-            started = time.perf_counter()
-            run = keeper.run("purge")
-            elapsed = time.perf_counter() - started
-            assert run.status.value == "succeeded", run.error
-            return elapsed, run.result["longest_batch_ms"] / 1000
-        finally:
-            keeper.close()
+    elapsed, run = timed_purge(url, "at", RETENTION_DAYS)
+    return elapsed, run.result["longest_batch_ms"] / 1000
 
 
 def writer(url: str, rows: int, stop: Event, ready: Event, waits: list[float]) -> None:

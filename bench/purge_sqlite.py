@@ -23,11 +23,12 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from dbkeeper import Keeper
+from purge_job import timed_purge
 
 RETENTION_DAYS = 30
 
@@ -35,7 +36,8 @@ RETENTION_DAYS = 30
 def build(path: Path, rows: int) -> None:
     now = datetime.now(UTC)
     span = timedelta(days=RETENTION_DAYS * 3).total_seconds()
-    with sqlite3.connect(path) as conn:
+    # Closed explicitly so the WAL is checkpointed into the file that gets copied.
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, payload TEXT)")
         conn.execute(
@@ -62,29 +64,7 @@ def bare_delete(path: Path) -> float:
 
 
 def dbkeeper_purge(path: Path) -> float:
-    config = path.with_suffix(".toml")
-    config.write_text(
-        f"""
-[databases.app]
-url = "sqlite:///{path}"
-
-[jobs.purge]
-task = "purge"
-database = "app"
-table = "events"
-column = "ts"
-older_than = "{RETENTION_DAYS}d"
-"""
-    )
-    keeper = Keeper.from_config(config)
-    try:
-        started = time.perf_counter()
-        run = keeper.run("purge")
-        elapsed = time.perf_counter() - started
-        assert run.status.value == "succeeded", run.error
-        return elapsed
-    finally:
-        keeper.close()
+    return timed_purge(f"sqlite:///{path}", "ts", RETENTION_DAYS)[0]
 
 
 def writer(path: str, stop: Event, ready: Event, waits: list[float]) -> None:
