@@ -186,9 +186,10 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        shown = make_url(url).render_as_string()
+        parsed = make_url(url)
+        shown = parsed.render_as_string()
         try:
-            self.sqlite = make_url(url).get_backend_name() == "sqlite"
+            self.sqlite = parsed.get_backend_name() == "sqlite"
             if self.sqlite:
                 self.engine = create_engine(
                     url, isolation_level="AUTOCOMMIT", json_serializer=_dumps

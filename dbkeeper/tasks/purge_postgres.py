@@ -101,7 +101,7 @@ def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
 def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
     """Delete what the plan says; returns rows deleted and the result to record."""
     target = ctx.target()
-    with pg.connect(target, ctx.application_name) as conn:
+    with pg.connect(target, ctx.application_name, ctx.token) as conn:
         plan = make_plan(job, ctx, conn)
         refusal = job.refusal(plan.rows, plan.table_rows)
         if refusal:
@@ -114,15 +114,15 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
             "batches": 0,
         }
         deleted = 0
-        with ctx.token.interrupting(pg.canceller(conn)):
-            for partition, rows in plan.drops.items():
-                drop = partial(pg.drop_partition, target, conn, job.table, partition)
-                _retrying(ctx, f"dropping partition {partition!r}", drop, job.lock_timeout)
-                deleted += rows
-                result["partitions_dropped"].append(partition)
-                ctx.progress(100 * deleted / max(plan.rows, 1), deleted)
-            for relation, query in plan.query.items():
-                deleted = _sweep(job, ctx, conn, query, plan.walks[relation], deleted, plan, result)
+        for partition, rows in plan.drops.items():
+            drop = partial(pg.drop_partition, target, conn, job.table, partition)
+            _retrying(ctx, f"dropping partition {partition!r}", drop, job.lock_timeout)
+            deleted += rows
+            result["partitions_dropped"].append(partition)
+            ctx.progress(100 * deleted / max(plan.rows, 1), deleted)
+        for relation, query in plan.query.items():
+            walk = plan.walks[relation]
+            deleted = _sweep(job, ctx, conn, query, walk, deleted, plan.rows, result)
         result["deleted"] = deleted
     return deleted, result
 
@@ -134,7 +134,7 @@ def _sweep(
     query: pg.PurgeQuery,
     walk: dict[str, Any],
     deleted: int,
-    plan: Plan,
+    planned: int,
     result: dict[str, Any],
 ) -> int:
     """Walk the relation, then again while rows are left: rows locked by the application
@@ -144,7 +144,7 @@ def _sweep(
             result["sweeps"] = sweep
             if ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
                 raise Cancelled(ctx.token.reason)
-        deleted = _walk(job, ctx, conn, query, walk, deleted, plan.rows, result)
+        deleted = _walk(job, ctx, conn, query, walk, deleted, planned, result)
         if not query.any_left(conn):
             return deleted
         walk = query.plan(conn)
