@@ -431,7 +431,8 @@ def start(ctx: click.Context, config_path: Path | None) -> None:
 @json_option
 @click.pass_context
 def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
-    """Job health (healthy, late, failing, stuck, dead, disabled) and scheduler nodes.
+    """Job health (healthy, late, failing, stuck, dead, disabled), scheduler nodes (alive or
+    dead) and runs in flight.
 
     \b
     Examples:
