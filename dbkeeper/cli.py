@@ -297,6 +297,38 @@ def preview(ctx: click.Context, job: str, config_path: Path | None, as_json: boo
         output.table("sample rows", list(samples[0]), [list(row.values()) for row in samples])
 
 
+@main.command(name="restore-archive")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--database", required=True, help="Database (from the config) to put rows into.")
+@click.option("--table", required=True, help="Table to put rows into.")
+@config_option
+@json_option
+@click.pass_context
+def restore_archive(
+    ctx: click.Context,
+    file: Path,
+    database: str,
+    table: str,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Put the rows of a purge archive back, all or none.
+
+    FILE is an archive file written by a purge with `archive` (or its
+    .manifest.jsonl); every batch whose delete committed is inserted, in one
+    transaction.
+
+    \b
+    Examples:
+      dbkeeper restore-archive archive/logs/2026-11-23.csv.gz --database app --table logs
+    """
+    result = keeper_from(ctx, config_path).restore_archive(file, database, table)
+    if as_json:
+        output.emit_json(result)
+        return
+    output.key_values(f"restored into {database}.{table}", list(result.items()))
+
+
 def _progress_bar() -> Progress:
     return Progress(
         TextColumn("{task.description}"),

@@ -119,7 +119,7 @@ def parse(source: str, file: Path) -> Config:
             problems.append(locate.message(("jobs", name, "name"), "unknown key"))
             continue
         try:
-            jobs[name] = _JOB.validate_python({**job, "name": name})
+            jobs[name] = _JOB.validate_python({**job, "name": name}, context={"base": file.parent})
         except ValidationError as exc:
             report(exc.errors(), ("jobs", name))
     known = set(data.get("databases") or {}) if isinstance(data.get("databases"), dict) else set()

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
 
 from dbkeeper.units import parse_duration, parse_size
 
@@ -29,7 +37,15 @@ def _size(value: object) -> object:
     return value
 
 
+def _beside_config(value: str, info: ValidationInfo) -> str:
+    """A relative path is relative to the config file's folder (else the working folder)."""
+    base = (info.context or {}).get("base") or Path.cwd()
+    return str((Path(base) / value).resolve()) if value else value
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+# A file or folder path from config, made absolute.
+ConfigPath = Annotated[str, Field(min_length=1), AfterValidator(_beside_config)]
 Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 

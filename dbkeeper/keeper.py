@@ -22,6 +22,7 @@ from dbkeeper.context import CancelToken, ProgressCallback, RunContext
 from dbkeeper.errors import ConfigError, DbkeeperError, ScheduleError, UnknownJob
 from dbkeeper.jobspec import JobSpec
 from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.restore import restore_archive
 from dbkeeper.runner import Runner
 from dbkeeper.schedule import Schedule
 from dbkeeper.scheduler import Heartbeat, Scheduler
@@ -268,6 +269,13 @@ class Keeper:
                 run.to_dict() for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)
             ],
         }
+
+    def restore_archive(self, path: Path, database: str, table: str) -> dict[str, Any]:
+        """Put the rows of an archive file back into ``database.table``."""
+        if database not in self.targets:
+            known = ", ".join(sorted(self.targets)) or "none defined"
+            raise UnknownJob(f"no database named {database!r} (databases: {known})")
+        return restore_archive(self.targets[database], table, path)
 
     def history(self, job: str | None = None, limit: int = 50) -> list[Run]:
         if job is not None:

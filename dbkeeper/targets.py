@@ -6,14 +6,16 @@ in the database's catalogue first, then quoted by the dialect.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from dbkeeper.errors import TargetError
 
@@ -123,6 +125,19 @@ class Target:
     def dispose(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    """One explicit transaction on an autocommit connection, rolled back on any error."""
+    conn.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        with suppress(DBAPIError):  # a broken connection cannot roll back; the error says why
+            conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
 
 
 def _first_line(exc: Exception) -> str:

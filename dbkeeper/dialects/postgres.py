@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from dbkeeper.archive import Archive
 from dbkeeper.context import CancelToken
 from dbkeeper.errors import TargetError
-from dbkeeper.targets import Target
+from dbkeeper.targets import Target, transaction
 from dbkeeper.timeformats import TimeFormat, detect
 
 _RANGE_BOUND = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")
@@ -50,19 +51,6 @@ def connect(
             return
         with token.interrupting(canceller(conn)):
             yield conn
-
-
-@contextmanager
-def transaction(conn: Connection) -> Iterator[None]:
-    """One explicit transaction on an autocommit connection, rolled back on any error."""
-    conn.exec_driver_sql("BEGIN")
-    try:
-        yield
-    except BaseException:
-        with suppress(DBAPIError):  # a broken connection cannot roll back; the error says why
-            conn.exec_driver_sql("ROLLBACK")
-        raise
-    conn.exec_driver_sql("COMMIT")
 
 
 def canceller(conn: Connection) -> Callable[[], None]:
@@ -263,8 +251,10 @@ class PurgeQuery:
         column: TimeColumn,
         cutoff: datetime,
         filters: Mapping[str, object],
+        key: ArchiveKey | None = None,
     ) -> None:
         self.table = target.quote(table)
+        self.key = key
         self.column = target.quote(column.name)
         self.time = column
         self.params: dict[str, Any] = {"cutoff": column.cutoff(cutoff)}
@@ -342,6 +332,106 @@ class PurgeQuery:
                 text(sql), {**self.params, "low": f"({low},0)", "high": f"({high},0)"}
             )
         return int(result.rowcount)
+
+    def archive_window(
+        self,
+        conn: Connection,
+        window: tuple[int, int],
+        timeouts: tuple[timedelta, timedelta],
+        skip_locked: bool,
+        archive: Archive,
+    ) -> int:
+        """Like ``delete_window``, archiving the rows first: they are locked, read and
+        durably archived in the transaction that deletes them, so none can change between."""
+        low, high = window
+        skip = " SKIP LOCKED" if skip_locked else ""
+        assert self.key is not None
+        key = self.key.expression
+        with transaction(conn):
+            set_local_timeouts(conn, *timeouts)
+            cursor = conn.execute(
+                text(
+                    f"SELECT ctid::text, {key}, * FROM {self.table} "
+                    "WHERE ctid >= CAST(:low AS tid) AND ctid < CAST(:high AS tid) "
+                    f"AND {self.condition} ORDER BY {key} FOR UPDATE{skip}"
+                ),
+                {**self.params, "low": f"({low},0)", "high": f"({high},0)"},
+            )
+            columns = list(cursor.keys())[2:]
+            rows = cursor.all()
+            if not rows:
+                return 0
+            batch = archive.write(columns, [row[2:] for row in rows], [row[1] for row in rows])
+            deleted = conn.execute(
+                text(f"DELETE FROM {self.table} WHERE ctid = ANY(CAST(:ctids AS tid[]))"),
+                {"ctids": [row[0] for row in rows]},
+            ).rowcount
+            if deleted != batch.rows:
+                raise TargetError(f"archived {batch.rows} rows but the delete matched {deleted}")
+        archive.done(batch)
+        return int(deleted)
+
+
+@dataclass(frozen=True)
+class ArchiveKey:
+    """How archive batches name their rows: a single integer primary key as itself (stored
+    as runs), any other primary key as PostgreSQL's text of the key's row value."""
+
+    columns: tuple[str, ...]
+    expression: str
+    integer: bool
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.columns)
+
+
+def archive_key(target: Target, conn: Connection, table: str) -> ArchiveKey:
+    """The primary key archives identify rows by (needed to settle interrupted batches)."""
+    found = conn.execute(
+        text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = to_regclass(:t) AND i.indisprimary "
+            "ORDER BY array_position(i.indkey::int2[], a.attnum)"
+        ),
+        {"t": target.quote(table)},
+    ).all()
+    if not found:
+        raise TargetError(
+            f"table {table!r} has no primary key; purge with archive needs one to tell, "
+            "after a crash, which archived rows were deleted"
+        )
+    columns = tuple(str(name) for name, _ in found)
+    quoted = ", ".join(target.quote(column) for column in columns)
+    if len(found) == 1 and str(found[0][1]) in ("smallint", "integer", "bigint"):
+        return ArchiveKey(columns, quoted, True)
+    return ArchiveKey(columns, f"ROW({quoted})::text", False)
+
+
+def keys_present(
+    target: Target, conn: Connection, table: str, key: ArchiveKey, keys: list[Any]
+) -> int:
+    """How many of an archive batch's keys (``[first, last]`` runs, or texts) are in the table."""
+    found = 0
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        params: dict[str, Any]
+        if key.integer:
+            where = " OR ".join(
+                f"{key.expression} BETWEEN :a{i} AND :b{i}" for i in range(len(chunk))
+            )
+            params = {f"a{i}": run[0] for i, run in enumerate(chunk)}
+            params.update({f"b{i}": run[1] for i, run in enumerate(chunk)})
+        else:
+            where = f"{key.expression} = ANY(:keys)"
+            params = {"keys": chunk}
+        found += int(
+            conn.execute(
+                text(f"SELECT count(*) FROM {target.quote(table)} WHERE {where}"), params
+            ).scalar_one()
+        )
+    return found
 
 
 def relation_rows(target: Target, conn: Connection, relation: str) -> int:

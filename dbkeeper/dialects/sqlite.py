@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
+from dbkeeper.archive import Archive
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target
 from dbkeeper.timeformats import TimeFormat
@@ -145,22 +146,57 @@ class PurgeQuery:
         )
         return [dict(row._mapping) for row in result]
 
-    def delete_window(self, conn: Connection, low: int, high: int) -> int:
-        """Delete matching rows with low <= key < high in one short write transaction."""
+    def delete_window(
+        self, conn: Connection, low: int, high: int, archive: Archive | None = None
+    ) -> int:
+        """Delete matching rows with low <= key < high in one short write transaction.
+
+        With ``archive``, the rows are read and durably archived inside that transaction,
+        before they are deleted: nobody can change them in between."""
         raw = driver(conn)
+        window = f"{self.key} >= :low AND {self.key} < :high AND {self.window_condition}"
+        params = {**self.params, "low": low, "high": high}
+        batch = None
         raw.execute("BEGIN IMMEDIATE")
         try:
-            cursor = raw.execute(
-                f"DELETE FROM {self.table} WHERE {self.key} >= :low AND {self.key} < :high "
-                f"AND {self.window_condition}",
-                {**self.params, "low": low, "high": high},
-            )
+            if archive is not None:
+                cursor = raw.execute(
+                    f"SELECT {self.key}, * FROM {self.table} WHERE {window} ORDER BY {self.key}",
+                    params,
+                )
+                columns = [column[0] for column in cursor.description[1:]]
+                rows = cursor.fetchall()
+                if rows:
+                    batch = archive.write(columns, [row[1:] for row in rows], [r[0] for r in rows])
+            cursor = raw.execute(f"DELETE FROM {self.table} WHERE {window}", params)
+            if batch is not None and cursor.rowcount != batch.rows:
+                raise TargetError(
+                    f"archived {batch.rows} rows but the delete matched {cursor.rowcount}"
+                )
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
+        if batch is not None and archive is not None:
+            archive.done(batch)
         return int(cursor.rowcount)
+
+    def keys_present(self, conn: Connection, keys: list[Any]) -> int:
+        """How many of an archive batch's keys (``[first, last]`` runs) are in the table."""
+        found = 0
+        for start in range(0, len(keys), 200):
+            chunk = keys[start : start + 200]
+            ranges = " OR ".join(f"{self.key} BETWEEN ? AND ?" for _ in chunk)
+            found += int(
+                driver(conn)
+                .execute(
+                    f"SELECT count(*) FROM {self.table} WHERE {ranges}",
+                    [bound for run in chunk for bound in run],
+                )
+                .fetchone()[0]
+            )
+        return found
 
 
 def walk_key(target: Target, conn: Connection, table: str) -> str:

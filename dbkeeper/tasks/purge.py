@@ -5,20 +5,23 @@ from __future__ import annotations
 import sqlite3
 import time
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
+from dbkeeper.archive import Archive, check_template
 from dbkeeper.context import Outcome, RunContext
 from dbkeeper.dialects import sqlite as sqlite_sql
 from dbkeeper.errors import Cancelled, RefusedError
-from dbkeeper.jobspec import Duration, Identifier, JobSpec
+from dbkeeper.jobspec import ConfigPath, Duration, Identifier, JobSpec
 from dbkeeper.pacing import Pacer
 from dbkeeper.schedule import load_timezone
 from dbkeeper.tasks import purge_postgres
 from dbkeeper.timeformats import TimeFormat, detect, truncate_to_millisecond
 
 FilterValue = str | int | float | bool | None
+ArchiveTemplate = Annotated[ConfigPath, AfterValidator(check_template)]
 
 
 class PurgeJob(JobSpec):
@@ -34,6 +37,7 @@ class PurgeJob(JobSpec):
     sample_rows: int = Field(5, ge=0, le=100)
     lock_timeout: Duration = timedelta(seconds=2)
     statement_timeout: Duration = timedelta(minutes=1)
+    archive: ArchiveTemplate | None = None
 
     @field_validator("column_timezone")
     @classmethod
@@ -48,6 +52,19 @@ class PurgeJob(JobSpec):
     @property
     def tables_written(self) -> tuple[str, ...]:
         return (self.table,)
+
+    def archive_for(self, ctx: RunContext, key: str) -> Archive:
+        """Where this run archives rows before deleting them."""
+        assert self.archive is not None
+        return Archive(
+            self.archive,
+            job=self.name,
+            database=ctx.target().name,
+            table=self.table,
+            key=key,
+            run_id=ctx.run_id,
+            now=ctx.now,
+        )
 
     def cutoff(self, now: datetime) -> datetime:
         return truncate_to_millisecond(now - self.older_than)
@@ -95,6 +112,7 @@ class PurgeJob(JobSpec):
             "format": query.time_format.value,
             "samples": samples,
             "would_refuse": self.refusal(plan["rows"], plan["table_rows"]),
+            "archive": self.archive,
         }
 
     def run(self, ctx: RunContext) -> Outcome:
@@ -107,6 +125,8 @@ class PurgeJob(JobSpec):
         with sqlite_sql.connect(target) as conn:
             version = sqlite_sql.data_version(conn)
             query = self._query(ctx, conn)
+            archive = self.archive_for(ctx, query.key) if self.archive else None
+            recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
             refusal = self.refusal(plan["rows"], plan["table_rows"])
             if refusal:
@@ -118,9 +138,14 @@ class PurgeJob(JobSpec):
                 "planned": total,
                 "oldest": plan["oldest"].isoformat() if plan["oldest"] else None,
             }
+            if archive is not None:
+                result["archive_recovery"] = recovered
             if total == 0:
                 return Outcome(0, {**result, "batches": 0}, "nothing older than the cutoff")
-            deleted = self._delete(ctx, conn, query, plan, version, result)
+            deleted = self._delete(ctx, conn, query, plan, version, result, archive)
+        if archive is not None:
+            result.update(archived=archive.written, archive_files=sorted(archive.files))
+            summary += f", archived to {', '.join(sorted(archive.files))}"
         return Outcome(deleted, result, f"deleted {deleted} rows {summary}")
 
     def _delete(
@@ -131,6 +156,7 @@ class PurgeJob(JobSpec):
         plan: dict[str, Any],
         version: int,
         result: dict[str, Any],
+        archive: Archive | None,
     ) -> int:
         pacer = Pacer()
         low, last = int(plan["key_low"]), int(plan["key_high"])
@@ -148,7 +174,7 @@ class PurgeJob(JobSpec):
                 high = min(low + pacer.width, last + 1)
                 began = time.monotonic()
                 try:
-                    deleted += query.delete_window(conn, low, high)
+                    deleted += query.delete_window(conn, low, high, archive)
                 except sqlite3.OperationalError:
                     ctx.check_cancelled()
                     raise

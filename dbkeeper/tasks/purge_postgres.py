@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from dbkeeper.archive import Archive
 from dbkeeper.context import RunContext
 from dbkeeper.dialects import postgres as pg
 from dbkeeper.errors import Cancelled, RefusedError, TargetError
@@ -63,14 +64,16 @@ def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
     parts = pg.partitions(target, conn, job.table, column, cutoff)
     drops: dict[str, int] = {}
     relations = [job.table]
+    key = pg.archive_key(target, conn, job.table) if job.archive else None
     if parts is not None:
-        # A filtered purge keeps rows that do not match, so it never drops a partition.
+        # A filtered purge keeps rows that do not match, so it never drops a partition;
+        # an archived one empties it batch by batch instead.
         for part in parts:
-            if part.before_cutoff and not job.where:
+            if part.before_cutoff and not job.where and not job.archive:
                 drops[part.name] = pg.relation_rows(target, conn, part.name)
         relations = pg.leaf_partitions(target, conn, job.table, excluding=list(drops))
     queries = {
-        relation: pg.PurgeQuery(target, relation, column, cutoff, job.where)
+        relation: pg.PurgeQuery(target, relation, column, cutoff, job.where, key)
         for relation in relations
     }
     walks = {relation: query.plan(conn) for relation, query in queries.items()}
@@ -102,10 +105,13 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
     """Delete what the plan says; returns rows deleted and the result to record."""
     target = ctx.target()
     with pg.connect(target, ctx.application_name, ctx.token) as conn:
+        archive, recovered = None, None
+        if job.archive:
+            key = pg.archive_key(target, conn, job.table)
+            archive = job.archive_for(ctx, key.name)
+            lookup = partial(pg.keys_present, target, conn, job.table, key)
+            recovered = archive.recover(lookup)
         plan = make_plan(job, ctx, conn)
-        refusal = job.refusal(plan.rows, plan.table_rows)
-        if refusal:
-            raise RefusedError(refusal)
         result: dict[str, Any] = {
             "cutoff": job.cutoff(ctx.now).isoformat(),
             "format": plan.column.kind,
@@ -113,105 +119,112 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
             "partitions_dropped": [],
             "batches": 0,
         }
-        deleted = 0
+        if archive is not None:
+            result["archive_recovery"] = recovered
+        refusal = job.refusal(plan.rows, plan.table_rows)
+        if refusal:
+            raise RefusedError(refusal)
+        purge = Purge(job, ctx, conn, plan.rows, result, archive)
         for partition, rows in plan.drops.items():
             drop = partial(pg.drop_partition, target, conn, job.table, partition)
             _retrying(ctx, f"dropping partition {partition!r}", drop, job.lock_timeout)
-            deleted += rows
+            purge.deleted += rows
             result["partitions_dropped"].append(partition)
-            ctx.progress(100 * deleted / max(plan.rows, 1), deleted)
+            ctx.progress(100 * purge.deleted / max(plan.rows, 1), purge.deleted)
         for relation, query in plan.query.items():
-            walk = plan.walks[relation]
-            deleted = _sweep(job, ctx, conn, query, walk, deleted, plan.rows, result)
-        result["deleted"] = deleted
-    return deleted, result
+            purge.sweep(query, plan.walks[relation])
+        result["deleted"] = purge.deleted
+        if archive is not None:
+            result.update(archived=archive.written, archive_files=sorted(archive.files))
+    return purge.deleted, result
 
 
-def _sweep(
-    job: PurgeJob,
-    ctx: RunContext,
-    conn: Connection,
-    query: pg.PurgeQuery,
-    walk: dict[str, Any],
-    deleted: int,
-    planned: int,
-    result: dict[str, Any],
-) -> int:
-    """Walk the relation, then again while rows are left: rows locked by the application
-    were skipped, and rows it updated may have moved to blocks already walked."""
-    for sweep in range(MAX_SWEEPS):
-        if sweep:
-            result["sweeps"] = sweep
-            if ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
-                raise Cancelled(ctx.token.reason)
-        deleted = _walk(job, ctx, conn, query, walk, deleted, planned, result)
-        if not query.any_left(conn):
-            return deleted
-        walk = query.plan(conn)
-    result["left_for_next_run"] = result.get("left_for_next_run", 0) + walk["rows"]
-    return deleted
+@dataclass
+class Purge:
+    """One run's walk over the relations left after partition drops."""
 
+    job: PurgeJob
+    ctx: RunContext
+    conn: Connection
+    planned: int
+    result: dict[str, Any]
+    archive: Archive | None
+    deleted: int = 0
 
-def _walk(
-    job: PurgeJob,
-    ctx: RunContext,
-    conn: Connection,
-    query: pg.PurgeQuery,
-    walk: dict[str, Any],
-    deleted: int,
-    planned: int,
-    result: dict[str, Any],
-) -> int:
-    """Delete block window by block window; each window is one bounded transaction."""
-    if not walk["rows"]:
-        return deleted
-    low, last = int(walk["block_low"]), int(walk["block_high"])
-    width = FIRST_WIDTH
-    target = min(TARGET, job.lock_timeout.total_seconds() / 4)
-    give_ups = 0
-    longest = result.get("longest_batch_ms", 0.0)
-    # Plain deletes wait at most FAST_LOCK_WAIT for a lock; once one had to give up, the
-    # table is contended and windows skip locked rows (sweeps come back for them).
-    skip_locked = bool(result.get("skip_locked"))
-    while low <= last:
-        ctx.check_cancelled()
-        high = min(low + width, last + 1)
-        began = time.monotonic()
-        wait = job.lock_timeout if skip_locked else min(job.lock_timeout, FAST_LOCK_WAIT)
-        try:
-            deleted += query.delete_window(
-                conn, low, high, wait, job.statement_timeout, skip_locked
-            )
-        except DBAPIError as exc:
-            ctx.check_cancelled()
-            if not pg.gave_up(exc):
-                raise
-            if not skip_locked:
-                skip_locked = result["skip_locked"] = True
-                continue
-            give_ups += 1
-            if give_ups >= MAX_GIVE_UPS:
-                raise TargetError(
-                    f"table {job.table!r}: {give_ups} batches in a row could not get their "
-                    f"locks within lock_timeout={job.lock_timeout.total_seconds():g}s "
-                    "or finish within statement_timeout; another session holds them"
-                ) from None
-            width = max(1, width // 2)
-            if ctx.token.wait(min(0.1 * 2**give_ups, 5.0)):
-                raise Cancelled(ctx.token.reason) from None
-            continue
-        elapsed = time.monotonic() - began
+    def sweep(self, query: pg.PurgeQuery, walk: dict[str, Any]) -> None:
+        """Walk the relation, then again while rows are left: rows locked by the
+        application were skipped, and rows it updated may have moved to blocks walked."""
+        for sweep in range(MAX_SWEEPS):
+            if sweep:
+                self.result["sweeps"] = sweep
+                if self.ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
+                    raise Cancelled(self.ctx.token.reason)
+            self.walk(query, walk)
+            if not query.any_left(self.conn):
+                return
+            walk = query.plan(self.conn)
+        self.result["left_for_next_run"] = self.result.get("left_for_next_run", 0) + walk["rows"]
+
+    def walk(self, query: pg.PurgeQuery, walk: dict[str, Any]) -> None:
+        """Delete block window by block window; each window is one bounded transaction."""
+        if not walk["rows"]:
+            return
+        job, ctx, result = self.job, self.ctx, self.result
+        low, last = int(walk["block_low"]), int(walk["block_high"])
+        width = FIRST_WIDTH
+        target = min(TARGET, job.lock_timeout.total_seconds() / 4)
         give_ups = 0
-        longest = max(longest, elapsed * 1000)
-        result["batches"] += 1
-        low = high
-        if elapsed < target / 2:
-            width = min(width * 2, MAX_WIDTH)
-        elif elapsed > target * 2:
-            width = max(1, width // 2)
-        ctx.progress(100 * deleted / max(planned, 1), deleted)
-    result["longest_batch_ms"] = round(longest, 1)
-    return deleted
+        longest = result.get("longest_batch_ms", 0.0)
+        # Plain deletes wait at most FAST_LOCK_WAIT for a lock; once one had to give up,
+        # the table is contended and windows skip locked rows (sweeps come back for them).
+        skip_locked = bool(result.get("skip_locked"))
+        while low <= last:
+            ctx.check_cancelled()
+            high = min(low + width, last + 1)
+            began = time.monotonic()
+            wait = job.lock_timeout if skip_locked else min(job.lock_timeout, FAST_LOCK_WAIT)
+            try:
+                if self.archive is None:
+                    self.deleted += query.delete_window(
+                        self.conn, low, high, wait, job.statement_timeout, skip_locked
+                    )
+                else:
+                    self.deleted += query.archive_window(
+                        self.conn,
+                        (low, high),
+                        (wait, job.statement_timeout),
+                        skip_locked,
+                        self.archive,
+                    )
+            except DBAPIError as exc:
+                ctx.check_cancelled()
+                if not pg.gave_up(exc):
+                    raise
+                if not skip_locked:
+                    skip_locked = result["skip_locked"] = True
+                    continue
+                give_ups += 1
+                if give_ups >= MAX_GIVE_UPS:
+                    raise TargetError(
+                        f"table {job.table!r}: {give_ups} batches in a row could not get "
+                        f"their locks within lock_timeout={job.lock_timeout.total_seconds():g}s "
+                        "or finish within statement_timeout; another session holds them"
+                    ) from None
+                width = max(1, width // 2)
+                if ctx.token.wait(min(0.1 * 2**give_ups, 5.0)):
+                    raise Cancelled(ctx.token.reason) from None
+                continue
+            elapsed = time.monotonic() - began
+            give_ups = 0
+            longest = max(longest, elapsed * 1000)
+            result["batches"] += 1
+            low = high
+            if elapsed < target / 2:
+                width = min(width * 2, MAX_WIDTH)
+            elif elapsed > target * 2:
+                width = max(1, width // 2)
+            ctx.progress(100 * self.deleted / max(self.planned, 1), self.deleted)
+        result["longest_batch_ms"] = round(longest, 1)
 
 
 def _retrying(
