@@ -6,12 +6,16 @@ anything else is a bug and shows a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DbkeeperError(Exception):
     """dbkeeper could not do what was asked."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, result: dict[str, Any] | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
+        # What a failed run did before it failed, recorded with the run.
+        self.result: dict[str, Any] = result or {}
 
 
 class ConfigError(DbkeeperError):
@@ -41,6 +45,6 @@ class RefusedError(DbkeeperError):
 class Cancelled(DbkeeperError):
     """The run was cancelled before it finished."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, result: dict[str, Any] | None = None) -> None:
         self.reason = reason
-        super().__init__(f"cancelled: {reason}")
+        super().__init__(f"cancelled: {reason}", result)

@@ -193,9 +193,9 @@ class Runner:
             status = (
                 RunStatus.TIMED_OUT if exc.reason.startswith("timeout") else RunStatus.CANCELLED
             )
-            return Attempt(status, Outcome(ctx.rows, {}), str(exc))
+            return Attempt(status, Outcome(ctx.rows, exc.result), str(exc))
         except DbkeeperError as exc:
-            return Attempt(RunStatus.FAILED, Outcome(ctx.rows, {}), str(exc))
+            return Attempt(RunStatus.FAILED, Outcome(ctx.rows, exc.result), str(exc))
         except Exception as exc:  # a task's own bug must not kill the scheduler
             if ctx.token.cancelled:
                 reason = ctx.token.reason

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import Field
 
+from dbkeeper.tasks.command import CommandJob
+from dbkeeper.tasks.files import FilesJob
 from dbkeeper.tasks.health import HealthJob
 from dbkeeper.tasks.optimize import OptimizeJob
 from dbkeeper.tasks.purge import PurgeJob
 from dbkeeper.tasks.python import PythonJob
+from dbkeeper.tasks.sql import SqlJob
 from dbkeeper.tasks.vacuum import VacuumJob
 
+_ALL = (PurgeJob, VacuumJob, OptimizeJob, HealthJob, SqlJob, CommandJob, FilesJob, PythonJob)
 AnyJob = Annotated[
-    PurgeJob | VacuumJob | OptimizeJob | HealthJob | PythonJob,
+    PurgeJob | VacuumJob | OptimizeJob | HealthJob | SqlJob | CommandJob | FilesJob | PythonJob,
     Field(discriminator="task"),
 ]
-KINDS = ("purge", "vacuum", "optimize", "health", "python")
+KINDS = tuple(get_args(kind.model_fields["task"].annotation)[0] for kind in _ALL)
 
 
-__all__ = ["KINDS", "AnyJob", "HealthJob", "OptimizeJob", "PurgeJob", "PythonJob", "VacuumJob"]
+__all__ = ["KINDS", "AnyJob"]
