@@ -6,6 +6,8 @@ from typing import Annotated, get_args
 
 from pydantic import Field
 
+from dbkeeper.tasks.backfill import BackfillJob
+from dbkeeper.tasks.backup import BackupJob
 from dbkeeper.tasks.command import CommandJob
 from dbkeeper.tasks.files import FilesJob
 from dbkeeper.tasks.health import HealthJob
@@ -15,12 +17,33 @@ from dbkeeper.tasks.python import PythonJob
 from dbkeeper.tasks.sql import SqlJob
 from dbkeeper.tasks.vacuum import VacuumJob
 
-_ALL = (PurgeJob, VacuumJob, OptimizeJob, HealthJob, SqlJob, CommandJob, FilesJob, PythonJob)
+_ALL = (
+    PurgeJob,
+    VacuumJob,
+    OptimizeJob,
+    HealthJob,
+    SqlJob,
+    BackfillJob,
+    CommandJob,
+    FilesJob,
+    PythonJob,
+)
 AnyJob = Annotated[
-    PurgeJob | VacuumJob | OptimizeJob | HealthJob | SqlJob | CommandJob | FilesJob | PythonJob,
+    PurgeJob
+    | VacuumJob
+    | OptimizeJob
+    | HealthJob
+    | SqlJob
+    | BackfillJob
+    | BackupJob
+    | CommandJob
+    | FilesJob
+    | PythonJob,
     Field(discriminator="task"),
 ]
-KINDS = tuple(get_args(kind.model_fields["task"].annotation)[0] for kind in _ALL)
+KINDS = tuple(
+    get_args(kind.model_fields["task"].annotation)[0] for kind in get_args(get_args(AnyJob)[0])
+)
 
 
 __all__ = ["KINDS", "AnyJob"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -15,9 +15,26 @@ from dbkeeper.jobspec import JobSpec
 JobFunction = Callable[..., Any]
 
 
+CallPath = Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")]
+
+
+def load_callable(path: str) -> JobFunction:
+    """``module:function`` (``module.sub:Class.method`` too), imported now."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise TargetError(f"cannot load {path!r}: {exc}") from None
+    if not callable(found):
+        raise TargetError(f"{path!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
 class PythonJob(JobSpec):
     task: Literal["python"]
-    call: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    call: CallPath
     args: dict[str, Any] = Field(default_factory=dict)
     _function: JobFunction | None = PrivateAttr(default=None)
 
@@ -35,16 +52,7 @@ class PythonJob(JobSpec):
     def function(self) -> JobFunction:
         if self._function is not None:
             return self._function
-        module_name, _, attribute = self.call.partition(":")
-        try:
-            found: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                found = getattr(found, part)
-        except (ImportError, AttributeError) as exc:
-            raise TargetError(f"job {self.name!r}: cannot load {self.call!r}: {exc}") from None
-        if not callable(found):
-            raise TargetError(f"job {self.name!r}: {self.call!r} is not callable")
-        return found  # type: ignore[no-any-return]
+        return load_callable(self.call)
 
     def check(self, ctx: RunContext) -> None:
         self.function()
