@@ -9,6 +9,7 @@ from pydantic import Field
 from dbkeeper.tasks.backfill import BackfillJob
 from dbkeeper.tasks.backup import BackupJob
 from dbkeeper.tasks.command import CommandJob
+from dbkeeper.tasks.export import ExportJob
 from dbkeeper.tasks.files import FilesJob
 from dbkeeper.tasks.health import HealthJob
 from dbkeeper.tasks.optimize import OptimizeJob
@@ -36,6 +37,7 @@ AnyJob = Annotated[
     | SqlJob
     | BackfillJob
     | BackupJob
+    | ExportJob
     | CommandJob
     | FilesJob
     | PythonJob,

@@ -1,0 +1,232 @@
+"""``export``: a table or a query to CSV (optionally gzip) or Parquet, streamed batch by
+batch so memory stays flat whatever the size.
+
+SQLite is read through Arrow's ADBC driver straight into pyarrow's writers; PostgreSQL
+CSV comes from ``COPY ... TO STDOUT`` and Parquet through the ADBC PostgreSQL driver.
+The rows are counted in the same snapshot (one read transaction) as they are exported,
+and the file is accepted only if the two agree. The new file is written under a
+temporary name and renamed over the old one, which is kept as a timestamped version
+(the newest ``keep`` versions stay).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from dbkeeper.connections import connect
+from dbkeeper.context import Outcome, RunContext
+from dbkeeper.errors import DbkeeperError, TargetError
+from dbkeeper.jobspec import ConfigPath, Identifier, JobSpec
+from dbkeeper.targets import Target
+from dbkeeper.units import format_size
+
+FORMATS = (".csv", ".csv.gz", ".parquet")
+_VERSION = re.compile(r"\.\d{8}T\d{6}Z$")
+
+
+class ExportJob(JobSpec):
+    task: Literal["export"]
+    database: str
+    table: Identifier | None = None
+    query: str | None = None
+    path: ConfigPath
+    keep: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _source_and_format(self) -> ExportJob:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' and 'query'")
+        if self.query is not None and not self.query.lstrip().lower().startswith(
+            ("select", "with", "values")
+        ):
+            raise ValueError("'query' must be one SELECT (or WITH ... SELECT) statement")
+        if not self.path.endswith(FORMATS):
+            raise ValueError(f"'path' must end with one of {', '.join(FORMATS)}")
+        return self
+
+    @property
+    def suffix(self) -> str:
+        return next(s for s in sorted(FORMATS, key=len, reverse=True) if self.path.endswith(s))
+
+    def source(self, target: Target) -> str:
+        """The SELECT that is exported: the table's rows, or the checked query."""
+        if self.table is not None:
+            return f"SELECT * FROM {target.quote(self.table)}"
+        assert self.query is not None
+        return self.query.strip().rstrip(";")
+
+    def check(self, ctx: RunContext) -> None:
+        target = ctx.target()
+        if self.table is not None:
+            target.columns(self.table)
+            return
+        with connect(ctx) as conn:
+            try:  # EXPLAIN plans the query without running it, and refuses several
+                conn.execute(text(f"EXPLAIN {self.source(target)}"))
+            except DBAPIError as exc:
+                raise TargetError(f"query: {str(exc.orig).strip().splitlines()[0]}") from None
+
+    def versions(self) -> list[Path]:
+        """Earlier versions of the file, oldest first."""
+        path = Path(self.path)
+        stem = path.name[: -len(self.suffix)]
+        found = path.parent.glob(f"{stem}.*{self.suffix}")
+        named = [p for p in found if _VERSION.search(p.name[: -len(self.suffix)])]
+        return sorted(named, key=lambda p: p.name)
+
+    def preview(self, ctx: RunContext) -> dict[str, Any]:
+        self.check(ctx)
+        target = ctx.target()
+        with connect(ctx) as conn:
+            rows = conn.execute(text(f"SELECT count(*) FROM ({self.source(target)}) AS s"))
+            count = int(rows.scalar_one())
+        current = Path(self.path)
+        return {
+            "source": self.source(target),
+            "rows": count,
+            "path": self.path,
+            "replaces": str(current) if current.exists() else None,
+            "versions_kept": len(self.versions()),
+        }
+
+    def run(self, ctx: RunContext) -> Outcome:
+        self.check(ctx)
+        target = ctx.target()
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        began = time.monotonic()
+        try:
+            if target.backend == "postgresql" and self.suffix != ".parquet":
+                counted, written = _copy_csv(ctx, target, self.source(target), temporary)
+            else:
+                counted, written = _arrow_export(ctx, target, self.source(target), temporary)
+            if counted != written:
+                raise DbkeeperError(
+                    f"wrote {written} rows but the database held {counted}; file not replaced"
+                )
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            previous = self._keep_previous(path)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        removed = [str(old) for old in self.versions()[: max(0, len(self.versions()) - self.keep)]]
+        for old in removed:
+            Path(old).unlink(missing_ok=True)
+        size = path.stat().st_size
+        result = {
+            "file": str(path),
+            "rows": written,
+            "rows_in_database": counted,
+            "bytes": size,
+            "seconds": round(time.monotonic() - began, 3),
+            "previous": previous,
+            "removed": removed,
+        }
+        return Outcome(written, result, f"{written} rows to {path.name}, {format_size(size)}")
+
+    def _keep_previous(self, path: Path) -> str | None:
+        """Link the current file under a timestamped name; the rename then replaces it
+        without a moment where ``path`` is missing."""
+        if not path.exists() or self.keep == 0:
+            return None
+        moment = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
+        version = path.with_name(f"{path.name[: -len(self.suffix)]}.{moment}{self.suffix}")
+        if not version.exists():
+            os.link(path, version)
+        return str(version)
+
+
+def _arrow_export(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
+    """Stream the query's Arrow batches into the file; count in the same snapshot."""
+    with _adbc(target) as conn, conn.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM ({query}) AS s")
+        counted = int(cursor.fetchone()[0])
+        cursor.execute(query)
+        reader = cursor.fetch_record_batch()
+        written = 0
+        with _writer(out, reader.schema) as write:
+            for batch in reader:
+                ctx.check_cancelled()
+                write(batch)
+                written += batch.num_rows
+                ctx.progress(100 * written / max(counted, 1), written)
+        conn.rollback()  # ends the read transaction; nothing was changed
+    return counted, written
+
+
+@contextmanager
+def _adbc(target: Target) -> Iterator[Any]:
+    """An ADBC connection inside one read transaction (REPEATABLE READ on PostgreSQL)."""
+    if target.backend == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc_pg
+
+        conn = adbc_pg.connect(_libpq_url(target))
+        with conn.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    else:
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        conn = adbc_sqlite.connect(str(target.sqlite_path))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _writer(out: Path, schema: Any) -> Iterator[Any]:
+    """A function writing record batches to ``out`` in the format its name says."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    name = out.name.removesuffix(".tmp")
+    if name.endswith(".parquet"):
+        with pq.ParquetWriter(out, schema, compression="zstd") as parquet:
+            yield parquet.write_batch
+        return
+    sink = pa.CompressedOutputStream(str(out), "gzip") if name.endswith(".gz") else str(out)
+    with pa_csv.CSVWriter(sink, schema) as csv:
+        yield csv.write_batch
+
+
+def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
+    """PostgreSQL's own CSV writer, COPY, in a REPEATABLE READ snapshot with the count."""
+    import psycopg
+
+    with psycopg.connect(_libpq_url(target), application_name=ctx.application_name) as conn:
+        with ctx.token.interrupting(conn.cancel):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(f"SELECT count(*) FROM ({query}) AS s").fetchone()
+            counted = int(row[0]) if row else 0
+            compress = out.name.endswith(".gz.tmp")
+            with (
+                gzip.open(out, "wb", compresslevel=6) if compress else open(out, "wb") as sink,
+                conn.cursor() as cursor,
+            ):
+                copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
+                with cursor.copy(copy_sql) as copy:
+                    for chunk in copy:
+                        sink.write(chunk)
+                written = cursor.rowcount
+            ctx.progress(100, written)
+    return counted, written
+
+
+def _libpq_url(target: Target) -> str:
+    return make_url(target.url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -1,0 +1,222 @@
+"""export: content equal to the table, previous versions kept, memory flat, on SQLite
+and PostgreSQL; bad queries refused without touching the file."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from tests import sqlite_data as db
+from tests.conftest import DBKEEPER, Project
+
+History = Callable[..., list[dict[str, Any]]]
+
+
+def _digest(rows: Iterable[Iterable[Any]]) -> str:
+    hasher = hashlib.sha256()
+    for row in rows:
+        hasher.update("\x1f".join("\\N" if v is None else str(v) for v in row).encode())
+        hasher.update(b"\x1e")
+    return hasher.hexdigest()
+
+
+def _big_sqlite(path: Path, rows: int) -> None:
+    db.create(
+        path,
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);"
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < "
+        f"{rows}) INSERT INTO items SELECT i, 'item, \"' || i || '\"', i % 97 FROM n;",
+    )
+
+
+def _peak_rss_mb(project: Project, *args: str) -> float:
+    """Peak resident memory of one `dbkeeper` process, in MB."""
+    probe = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:], capture_output=True); "
+        "assert done.returncode == 0, done.stderr; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", probe, str(DBKEEPER), *args],
+        cwd=project.path,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(output.stdout)
+
+
+@pytest.mark.slow
+def test_sqlite_export_of_a_million_rows_is_exact_versioned_and_memory_flat(
+    project: Project, history: History
+) -> None:
+    _big_sqlite(project.path / "small.db", 100_000)
+    _big_sqlite(project.path / "app.db", 1_000_000)
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [databases.small]
+        url = "sqlite:///small.db"
+
+        [jobs.items-csv]
+        task = "export"
+        database = "app"
+        table = "items"
+        path = "exports/items.csv.gz"
+        keep = 1
+
+        [jobs.small-csv]
+        task = "export"
+        database = "small"
+        table = "items"
+        path = "exports/small.csv.gz"
+        """
+    )
+    small = _peak_rss_mb(project, "run", "small-csv")
+    big = _peak_rss_mb(project, "run", "items-csv")
+    print(f"peak RSS: {small:.0f} MB at 100k rows, {big:.0f} MB at 1M rows")
+    assert big < small * 1.25 + 20, "memory grows with the table"
+
+    out = project.path / "exports" / "items.csv.gz"
+    with gzip.open(out, "rt", newline="") as handle:
+        reader = csv.reader(handle)
+        assert next(reader) == ["id", "name", "qty"]
+        exported = _digest(reader)
+    table = db.query(project.path / "app.db", "SELECT id, name, qty FROM items ORDER BY id")
+    assert exported == _digest(table)
+    run = history("items-csv")[0]
+    assert run["result"]["rows"] == run["result"]["rows_in_database"] == 1_000_000
+
+    # A second export keeps the first as a timestamped version; a third prunes to keep = 1.
+    first = out.read_bytes()
+    db.create(project.path / "app.db", "DELETE FROM items WHERE id > 10")
+    for _ in range(2):
+        assert project.cli("run", "items-csv").returncode == 0
+    versions = sorted((project.path / "exports").glob("items.*.csv.gz"))
+    assert len(versions) == 1
+    assert gzip.decompress(versions[0].read_bytes()).count(b"\n") == 11
+    assert history("items-csv")[1]["result"]["previous"] is not None
+    assert first != out.read_bytes()
+
+
+def test_export_query_to_parquet_keeps_types_and_nulls(project: Project) -> None:
+    db.create(
+        project.path / "app.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, price REAL);"
+        "INSERT INTO t VALUES (1, 'a', 1.5), (2, NULL, 2.25), (3, '', NULL);",
+    )
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [jobs.cheap]
+        task = "export"
+        database = "app"
+        query = "SELECT id, name, price FROM t WHERE id >= 2 ORDER BY id"
+        path = "out/cheap.parquet"
+        """
+    )
+    assert project.cli("run", "cheap").returncode == 0
+    table = pq.read_table(project.path / "out" / "cheap.parquet")
+    assert table.to_pylist() == [
+        {"id": 2, "name": None, "price": 2.25},
+        {"id": 3, "name": "", "price": None},
+    ]
+
+
+def test_export_refuses_a_bad_query_and_keeps_the_old_file(
+    project: Project, history: History
+) -> None:
+    db.create(project.path / "app.db", "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    (project.path / "out").mkdir()
+    (project.path / "out" / "t.csv").write_text("old\n")
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [jobs.bad]
+        task = "export"
+        database = "app"
+        query = "SELECT nope FROM t"
+        path = "out/t.csv"
+
+        [jobs.two]
+        task = "export"
+        database = "app"
+        query = "DELETE FROM t"
+        path = "out/t.csv"
+        """
+    )
+    check = project.cli("check")
+    assert check.returncode == 1
+    assert "job 'two': 'query' must be one SELECT" in check.stderr
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [jobs.bad]
+        task = "export"
+        database = "app"
+        query = "SELECT nope FROM t"
+        path = "out/t.csv"
+        """
+    )
+    assert project.cli("run", "bad").returncode == 1
+    assert history("bad")[0]["error"] == "query: no such column: nope"
+    assert (project.path / "out" / "t.csv").read_text() == "old\n"
+    assert sorted(p.name for p in (project.path / "out").iterdir()) == ["t.csv"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_postgres_export_equals_the_table(
+    project: Project, pg_url: str, suffix: str, history: History
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int)")
+        conn.execute(
+            "INSERT INTO items SELECT i, CASE WHEN i % 10 = 0 THEN NULL "
+            "ELSE 'item, \"' || i || E'\"\\nline' END, i % 97 FROM generate_series(1, 50000) i"
+        )
+        table = list(conn.execute("SELECT id, name, qty FROM items ORDER BY id"))
+    project.write_config(
+        f"""
+        [databases.app]
+        url = "{pg_url}"
+
+        [jobs.items]
+        task = "export"
+        database = "app"
+        table = "items"
+        path = "exports/items{suffix}"
+        """
+    )
+    result = project.cli("run", "items")
+    assert result.returncode == 0, result.stderr
+    out = project.path / "exports" / f"items{suffix}"
+    if suffix == ".parquet":
+        rows = [tuple(row.values()) for row in pq.read_table(out).to_pylist()]
+    else:
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(out, "rt", newline="") as handle:  # type: ignore[operator]
+            reader = csv.reader(handle)
+            assert next(reader) == ["id", "name", "qty"]
+            rows = [(int(i), name or None, int(qty)) for i, name, qty in reader]
+    assert _digest(sorted(rows)) == _digest(table)
+    assert history("items")[0]["result"]["rows_in_database"] == 50_000
