@@ -42,4 +42,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO)/*.db $(DEMO)/*.db-* .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEMO)/*.db $(DEMO)/*.db-* $(DEMO)/archive $(DEMO)/exports $(DEMO)/backups .mypy_cache .ruff_cache .pytest_cache

@@ -402,17 +402,13 @@ def _summary(run: Run) -> str:
     if run.error:
         return run.error
     parts = []
-    if run.rows_affected is not None:
+    summary = run.result.get("summary")
+    if run.rows_affected is not None and not summary:
         parts.append(f"{run.rows_affected} rows")
     if run.duration is not None:
         parts.append(f"{run.duration:.2f}s")
-    if "percent_saved" in run.result:
-        parts.append(
-            f"{format_size(run.result['size_before'])} -> {format_size(run.result['size_after'])} "
-            f"({run.result['percent_saved']}% saved)"
-        )
-    if "status" in run.result and "size_bytes" in run.result:
-        parts.append(f"health {run.result['status']}")
+    if summary:
+        parts.append(str(summary))
     return ", ".join(parts)
 
 

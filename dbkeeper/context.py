@@ -26,7 +26,11 @@ class Outcome:
 
     rows_affected: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
-    summary: str = ""
+    summary: str = ""  # one line for people, e.g. "deleted 120 rows older than ..."
+
+    def recorded(self) -> dict[str, Any]:
+        """The result as the run records it, with the summary."""
+        return {**self.result, "summary": self.summary} if self.summary else self.result
 
 
 class CancelToken:

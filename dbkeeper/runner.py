@@ -77,7 +77,7 @@ class Runner:
                 run_id,
                 result.status,
                 rows_affected=result.outcome.rows_affected,
-                result=result.outcome.result,
+                result=result.outcome.recorded(),
                 error=result.error,
             )
             log.info(

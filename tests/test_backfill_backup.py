@@ -89,9 +89,9 @@ def test_backfill_fills_empty_rows_and_records_each_failing_row(
     assert query("SELECT count(*) FROM logs WHERE job_type IS NULL OR job_type = ''") == [(1800,)]
 
     result = project.cli("run", "classify")
-    assert result.returncode == 1  # some rows failed: the run says so
+    assert result.returncode == 1, result.stdout + result.stderr  # some rows failed
     run = history("classify")[0]
-    assert run["status"] == "failed"
+    assert run["status"] == "failed", (result.stdout, result.stderr, run)
     # 1800 empty rows: 400 "explode" fail, 500 "later" have no value yet, 900 filled.
     assert run["result"]["updated"] == 900
     assert run["result"]["failed"] == 400 and run["result"]["skipped"] == 500

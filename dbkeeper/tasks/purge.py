@@ -6,6 +6,7 @@ import sqlite3
 import time
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator
@@ -145,7 +146,7 @@ class PurgeJob(JobSpec):
             deleted = self._delete(ctx, conn, query, plan, version, result, archive)
         if archive is not None:
             result.update(archived=archive.written, archive_files=sorted(archive.files))
-            summary += f", archived to {', '.join(sorted(archive.files))}"
+            summary += f", archived to {', '.join(sorted(Path(f).name for f in archive.files))}"
         return Outcome(deleted, result, f"deleted {deleted} rows {summary}")
 
     def _delete(
