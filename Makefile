@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/purge_sqlite.py
 	$(BIN)/python bench/purge_postgres.py
 	$(BIN)/python bench/run_overhead.py
+	$(BIN)/python bench/export.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check dbkeeper tests bench demo
