@@ -145,8 +145,7 @@ def test_export_refuses_a_bad_query_and_keeps_the_old_file(
     db.create(project.path / "app.db", "CREATE TABLE t (id INTEGER PRIMARY KEY)")
     (project.path / "out").mkdir()
     (project.path / "out" / "t.csv").write_text("old\n")
-    project.write_config(
-        """
+    bad = """
         [databases.app]
         url = "sqlite:///app.db"
 
@@ -155,7 +154,10 @@ def test_export_refuses_a_bad_query_and_keeps_the_old_file(
         database = "app"
         query = "SELECT nope FROM t"
         path = "out/t.csv"
-
+        """
+    project.write_config(
+        bad
+        + """
         [jobs.two]
         task = "export"
         database = "app"
@@ -166,18 +168,7 @@ def test_export_refuses_a_bad_query_and_keeps_the_old_file(
     check = project.cli("check")
     assert check.returncode == 1
     assert "job 'two': 'query' must be one SELECT" in check.stderr
-    project.write_config(
-        """
-        [databases.app]
-        url = "sqlite:///app.db"
-
-        [jobs.bad]
-        task = "export"
-        database = "app"
-        query = "SELECT nope FROM t"
-        path = "out/t.csv"
-        """
-    )
+    project.write_config(bad)
     assert project.cli("run", "bad").returncode == 1
     assert history("bad")[0]["error"] == "query: no such column: nope"
     assert (project.path / "out" / "t.csv").read_text() == "old\n"
