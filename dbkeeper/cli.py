@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dbkeeper import output
@@ -57,7 +58,7 @@ class Group(click.Group):
         except DbkeeperError as exc:
             if ctx.params.get("debug"):
                 raise
-            output.errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            output.errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             sys.exit(1)
 
 
@@ -439,19 +440,24 @@ def tick(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
+@click.option("--no-http", is_flag=True, help="Run the scheduler without the HTTP API.")
 @click.pass_context
-def start(ctx: click.Context, config_path: Path | None) -> None:
-    """Run the scheduler until SIGTERM or SIGINT (running jobs finish or are recorded).
+def start(ctx: click.Context, config_path: Path | None, no_http: bool) -> None:
+    """Run the scheduler and the HTTP API until SIGTERM or SIGINT (running jobs finish
+    or are recorded).
+
+    The API listens on [keeper.http] listen (default 127.0.0.1:8077): dashboard at /,
+    JSON under /api, Prometheus metrics at /metrics, liveness at /healthz.
 
     \b
     Examples:
       dbkeeper start
-      dbkeeper -c /etc/dbkeeper.toml start
+      dbkeeper -c /etc/dbkeeper.toml start --no-http
     """
     logging.getLogger("dbkeeper").setLevel(
         logging.DEBUG if ctx.find_root().params.get("debug") else logging.INFO
     )
-    keeper_from(ctx, config_path).start()
+    keeper_from(ctx, config_path).start(http=not no_http)
 
 
 @main.command()

@@ -32,6 +32,19 @@ _KEY = re.compile(
 )
 
 
+class HttpSettings(Strict):
+    listen: str = Field("127.0.0.1:8077", pattern=r"^(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}$")
+    token: str | None = Field(None, min_length=1)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class KeeperSettings(Strict):
     state: str | None = None
     timezone: str = "UTC"
@@ -40,6 +53,7 @@ class KeeperSettings(Strict):
     heartbeat: Duration = timedelta(seconds=10)
     lease: Duration = timedelta(seconds=60)
     workers: int = Field(4, ge=1, le=256)
+    http: HttpSettings = HttpSettings()
 
 
 class DatabaseSettings(Strict):

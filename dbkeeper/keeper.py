@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cached_property
@@ -26,6 +27,7 @@ from dbkeeper.restore import restore_archive
 from dbkeeper.runner import Runner
 from dbkeeper.schedule import Schedule
 from dbkeeper.scheduler import Heartbeat, Scheduler
+from dbkeeper.service import HttpServer
 from dbkeeper.store import StateStore, now
 from dbkeeper.targets import Target
 from dbkeeper.tasks.python import JobFunction, PythonJob
@@ -181,6 +183,41 @@ class Keeper:
         finally:
             store.stop_node(node.id)
 
+    def request_run(self, name: str) -> Run:
+        """Queue a run of a job now (HTTP ``POST /api/jobs/{name}/run``): a scheduler node
+        picks it up like any queued run. With ``concurrency = "skip"`` and a run still
+        going, the request is recorded as skipped instead."""
+        job = self.get(name)
+        store = self.store
+        store.register_jobs([name], now())
+        running = store.runs(job=name, status=[RunStatus.RUNNING, RunStatus.QUEUED], limit=1)
+        skip = bool(running) and job.concurrency == "skip"
+        run_id = store.claim(
+            name,
+            datetime.now(UTC),
+            status=RunStatus.SKIPPED if skip else RunStatus.QUEUED,
+            trigger=Trigger.MANUAL,
+            node=None,
+            error=f"run {running[0].id} of this job is still running" if skip else None,
+        )
+        if run_id is None:
+            raise DbkeeperError(f"could not record a run of {name!r}")
+        queued = store.get_run(run_id)
+        assert queued is not None
+        return queued
+
+    def liveness(self, scheduler: Scheduler | None) -> dict[str, bool]:
+        """For ``/healthz``: the scheduler loop turns and the state store answers."""
+        try:
+            self.store.schema_version()
+            store_ok = True
+        except Exception:
+            store_ok = False
+        return {
+            "scheduler": scheduler is None or scheduler.looping,
+            "state_store": store_ok,
+        }
+
     def reap_orphans(self) -> list[Run]:
         """Mark runs of vanished nodes abandoned; queue a retry where the job allows one."""
         retries = []
@@ -207,15 +244,17 @@ class Keeper:
         """Run whatever is due now (and missed slots within their grace), then return."""
         return self.scheduler("tick").tick()
 
-    def start(self) -> None:
-        """Run the scheduler until SIGTERM or SIGINT."""
+    def start(self, *, http: bool = True) -> None:
+        """Run the scheduler (and the HTTP API) until SIGTERM or SIGINT."""
         scheduler = self.scheduler("scheduler")
+        server = HttpServer(self, scheduler) if http else nullcontext()
         previous = {
             sig: signal.signal(sig, lambda *_: scheduler.stop())
             for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            scheduler.serve()
+            with server:
+                scheduler.serve()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -55,6 +55,7 @@ class Scheduler:
         self._tokens: dict[int, CancelToken] = {}
         self._lock = threading.Lock()
         self._last_prune = now() - PRUNE_EVERY
+        self.last_loop = now()
         keeper.store.register_jobs(list(keeper.schedules), now())
 
     # -- claiming -------------------------------------------------------------
@@ -198,6 +199,7 @@ class Scheduler:
         with self._heartbeat():
             try:
                 while not self.stopping.is_set():
+                    self.last_loop = now()
                     self._wake.clear()
                     for claimed in self.claim_due(now()):
                         log.info("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
@@ -222,6 +224,15 @@ class Scheduler:
     def stop(self) -> None:
         self.stopping.set()
         self._wake.set()
+
+    def wake(self) -> None:
+        """Look for work now (a run was queued by hand)."""
+        self._wake.set()
+
+    @property
+    def looping(self) -> bool:
+        """Whether the loop of ``serve`` is running and has looked for work recently."""
+        return not self.stopping.is_set() and now() - self.last_loop < IDLE_WAKE * 2
 
     def _heartbeat(self) -> Heartbeat:
         interval = self.keeper.config.keeper.heartbeat.total_seconds()

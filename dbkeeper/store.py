@@ -430,6 +430,37 @@ class StateStore:
             rows = conn.execute(select(runs_table).join(latest, runs_table.c.id == latest.c.id))
             return {row.job: _run(row) for row in rows}
 
+    def run_totals(self) -> list[tuple[str, str, int, int]]:
+        """(job, status, runs, rows affected) over the retained history."""
+        query = select(
+            runs_table.c.job,
+            runs_table.c.status,
+            func.count(),
+            func.coalesce(func.sum(runs_table.c.rows_affected), 0),
+        ).group_by(runs_table.c.job, runs_table.c.status)
+        with self.reading() as conn:
+            return [(str(j), str(s), int(n), int(r)) for j, s, n, r in conn.execute(query)]
+
+    def durations(self) -> list[tuple[str, float]]:
+        """(job, seconds) of every finished run in the retained history."""
+        query = select(runs_table.c.job, runs_table.c.started_at, runs_table.c.finished_at).where(
+            runs_table.c.started_at.is_not(None), runs_table.c.finished_at.is_not(None)
+        )
+        with self.reading() as conn:
+            return [
+                (str(job), (finished - started).total_seconds())
+                for job, started, finished in conn.execute(query)
+            ]
+
+    def last_successes(self) -> dict[str, datetime]:
+        query = (
+            select(runs_table.c.job, func.max(runs_table.c.finished_at))
+            .where(runs_table.c.status == RunStatus.SUCCEEDED.value)
+            .group_by(runs_table.c.job)
+        )
+        with self.reading() as conn:
+            return {str(job): moment for job, moment in conn.execute(query) if moment}
+
     def prune(self, before: datetime) -> int:
         """Delete finished runs and health reports older than ``before``."""
         with self.transaction() as conn:
