@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -60,9 +60,25 @@ class DatabaseSettings(Strict):
     url: str
 
 
+NotifyEvent = Literal["failure", "recovery", "late", "stuck", "dead", "warning"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+class NotifySettings(Strict):
+    """``[notify.NAME]``: where alerts go (Apprise URLs) and which events they hear of."""
+
+    url: str | list[str]
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
 class ConfigFile(Strict):
     keeper: KeeperSettings = KeeperSettings()
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    notify: dict[str, NotifySettings] = Field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -78,6 +94,7 @@ class Config:
     databases: dict[str, str]
     jobs: dict[str, JobSpec]
     schedules: dict[str, Schedule | None] = field(default_factory=dict)
+    notify: dict[str, NotifySettings] = field(default_factory=dict)
 
     @property
     def state_url(self) -> str:
@@ -147,7 +164,7 @@ def _salvage(data: dict[str, Any], exc: ValidationError) -> ConfigFile:
     keeper = data.get("keeper")
     if isinstance(keeper, dict) and ("keeper",) not in bad:
         kept["keeper"] = {k: v for k, v in keeper.items() if ("keeper", k) not in bad}
-    for section in ("databases", "jobs"):
+    for section in ("databases", "notify", "jobs"):
         value = data.get(section)
         if isinstance(value, dict) and (section,) not in bad:
             kept[section] = {k: v for k, v in value.items() if (section, k) not in bad}
@@ -195,6 +212,15 @@ def _check(
     for name, raw in parsed.jobs.items():
         # Checked on the raw keys too, so a job with other problems still shows these.
         target, schedule, zone = raw.get("database"), raw.get("schedule"), raw.get("timezone")
+        for notifier in raw.get("notify") or []:
+            if isinstance(notifier, str) and notifier not in parsed.notify:
+                known = ", ".join(sorted(parsed.notify)) or "none defined"
+                problems.append(
+                    locate.message(
+                        ("jobs", name, "notify"),
+                        f"unknown notifier {notifier!r} (notifiers: {known})",
+                    )
+                )
         if isinstance(target, str) and target not in known_databases:
             known = ", ".join(sorted(known_databases)) or "none defined"
             problems.append(
@@ -222,6 +248,7 @@ def _check(
         databases=databases,
         jobs=jobs,
         schedules={name: schedules.get(name) for name in jobs},
+        notify=dict(parsed.notify),
     )
 
 

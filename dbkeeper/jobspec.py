@@ -71,6 +71,7 @@ class JobSpec(Strict):
     retry_backoff: Duration = timedelta(seconds=30)
     concurrency: Literal["skip", "queue"] = "skip"
     misfire_grace: Duration = timedelta(hours=1)
+    notify: list[str] = Field(default_factory=list)
 
     @property
     def destructive(self) -> bool:

@@ -23,6 +23,7 @@ from dbkeeper.context import CancelToken, ProgressCallback, RunContext
 from dbkeeper.errors import ConfigError, DbkeeperError, ScheduleError, UnknownJob
 from dbkeeper.jobspec import JobSpec
 from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.notify import Notifier
 from dbkeeper.restore import restore_archive
 from dbkeeper.runner import Runner
 from dbkeeper.schedule import Schedule
@@ -69,6 +70,10 @@ class Keeper:
     @cached_property
     def store(self) -> StateStore:
         return StateStore(self.config.state_url)
+
+    @cached_property
+    def notifier(self) -> Notifier:
+        return Notifier(self)
 
     def close(self) -> None:
         if "store" in self.__dict__:
@@ -177,7 +182,9 @@ class Keeper:
             )
             if run_id is None:
                 raise DbkeeperError(f"could not record a run of {name!r}")
-            runner = Runner(store, self.targets, node.id, self.config.keeper.lease)
+            runner = Runner(
+                store, self.targets, node.id, self.config.keeper.lease, notifier=self.notifier
+            )
             with Heartbeat(store, node.id, self.config.keeper.heartbeat.total_seconds()):
                 return runner.execute(job, run_id, slot, token=token, on_progress=on_progress)
         finally:

@@ -25,6 +25,7 @@ from dbkeeper.units import format_duration
 
 if TYPE_CHECKING:
     from dbkeeper.jobspec import JobSpec
+    from dbkeeper.notify import Notifier
     from dbkeeper.store import StateStore
     from dbkeeper.targets import Target
 
@@ -51,12 +52,14 @@ class Runner:
         node: str,
         lease: timedelta,
         stopping: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
         self.node = node
         self.lease = lease
         self.stopping = stopping or threading.Event()
+        self.notifier = notifier
 
     def execute(
         self,
@@ -111,6 +114,8 @@ class Runner:
                 on_attempt(attempt)
         final = self.store.get_run(run_id)
         assert final is not None
+        if self.notifier is not None:
+            self.notifier.run_finished(job, final)
         return final
 
     def _attempt(

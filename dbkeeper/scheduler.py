@@ -49,7 +49,12 @@ class Scheduler:
         self.stopping = threading.Event()
         self.node = self.store.register_node(role)
         self.runner = Runner(
-            self.store, keeper.targets, self.node.id, keeper.config.keeper.lease, self.stopping
+            self.store,
+            keeper.targets,
+            self.node.id,
+            keeper.config.keeper.lease,
+            self.stopping,
+            keeper.notifier,
         )
         self._wake = threading.Event()
         self._tokens: dict[int, CancelToken] = {}
@@ -184,6 +189,7 @@ class Scheduler:
         if self.keeper.reap_orphans():
             self._wake.set()
         moment = now()
+        self.keeper.notifier.watch(moment)
         if moment - self._last_prune >= PRUNE_EVERY:
             self._last_prune = moment
             removed = self.store.prune(moment - self.keeper.config.keeper.history_retention)

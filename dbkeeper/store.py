@@ -52,7 +52,7 @@ from dbkeeper.models import JobState, Node, Run, RunStatus, Trigger
 from dbkeeper.targets import SQLITE_BUSY_TIMEOUT_MS
 from dbkeeper.version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: notices
 # The PostgreSQL advisory lock key serialising migrations ("dbkeeper" in ASCII).
 MIGRATION_LOCK = 0x64626B6565706572
 
@@ -136,6 +136,13 @@ locks_table = Table(
     Column("node", String(200), nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),
 )
+notices_table = Table(
+    "dbkeeper_notices",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("sent_at", UTCDateTime, nullable=False),
+)
+
 health_table = Table(
     "dbkeeper_health",
     metadata,
@@ -256,6 +263,12 @@ class StateStore:
             if found is None:
                 conn.execute(
                     insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            elif version < SCHEMA_VERSION:  # create_all added the newer tables
+                conn.execute(
+                    update(meta_table)
+                    .where(meta_table.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
                 )
 
     def schema_version(self) -> int:
@@ -471,6 +484,7 @@ class StateStore:
                 )
             ).rowcount
             conn.execute(delete(health_table).where(health_table.c.taken_at < before))
+            conn.execute(delete(notices_table).where(notices_table.c.sent_at < before))
             conn.execute(
                 delete(nodes_table).where(
                     or_(
@@ -641,6 +655,17 @@ class StateStore:
             )
 
     # -- health reports -----------------------------------------------------
+
+    def first_notice(self, key: str) -> bool:
+        """Record that the notice ``key`` is being sent; False if any node already did."""
+        with self.transaction() as conn:
+            inserted = conn.execute(self._insert_new(notices_table, key=key, sent_at=now()))
+        return bool(inserted.rowcount)
+
+    def notice_sent(self, key: str) -> bool:
+        with self.reading() as conn:
+            found = conn.execute(select(notices_table.c.key).where(notices_table.c.key == key))
+            return found.first() is not None
 
     def add_health_report(
         self, database: str, run_id: int | None, taken_at: datetime, report: dict[str, Any]

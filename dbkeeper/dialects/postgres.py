@@ -294,6 +294,21 @@ class PurgeQuery:
         ).scalar_one()
         return bool(found)
 
+    def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
+        """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
+        result = conn.execute(
+            text(
+                f"SELECT {owner}, count(*), min({self.column}) FROM {self.table} "
+                f"WHERE {self.condition} GROUP BY {owner} ORDER BY count(*) DESC, {owner} "
+                "LIMIT :limit"
+            ),
+            {**self.params, "limit": limit},
+        )
+        return [
+            {"owner": who, "rows": int(count), "oldest": self.time.to_datetime(oldest)}
+            for who, count, oldest in result
+        ]
+
     def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
         result = conn.execute(
             text(

@@ -136,6 +136,26 @@ class PurgeQuery:
             "key_high": key_high,
         }
 
+    def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
+        """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
+        result = conn.execute(
+            text(
+                f"SELECT {owner}, count(*), min({self.column}) FROM {self.table} "
+                f"WHERE {self.condition} GROUP BY {owner} ORDER BY count(*) DESC, {owner} "
+                "LIMIT :limit"
+            ),
+            {**self.params, "limit": limit},
+        )
+        return [
+            {"owner": who, "rows": int(count), "oldest": self._moment(oldest)}
+            for who, count, oldest in result
+        ]
+
+    def _moment(self, value: Any) -> Any:
+        if self.time_format is TimeFormat.ISO or value is None:
+            return value
+        return self.time_format.to_datetime(value)
+
     def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
         result = conn.execute(
             text(

@@ -39,6 +39,8 @@ class PurgeJob(JobSpec):
     lock_timeout: Duration = timedelta(seconds=2)
     statement_timeout: Duration = timedelta(minutes=1)
     archive: ArchiveTemplate | None = None
+    warn_before: Duration | None = None
+    owner_column: Identifier | None = None
 
     @field_validator("column_timezone")
     @classmethod
@@ -71,7 +73,8 @@ class PurgeJob(JobSpec):
         return truncate_to_millisecond(now - self.older_than)
 
     def check(self, ctx: RunContext) -> None:
-        ctx.target().require_columns(self.table, [self.column, *self.where])
+        owner = [self.owner_column] if self.owner_column else []
+        ctx.target().require_columns(self.table, [self.column, *self.where, *owner])
 
     def refusal(self, rows: int, table_rows: int) -> str | None:
         """Why a purge of ``rows`` out of ``table_rows`` must not run, if it must not."""
@@ -104,6 +107,11 @@ class PurgeJob(JobSpec):
             query = self._query(ctx, conn)
             plan = query.plan(conn)
             samples = query.samples(conn, self.sample_rows)
+            owners = (
+                query.owners(conn, ctx.target().quote(self.owner_column), purge_postgres.MAX_OWNERS)
+                if self.owner_column
+                else None
+            )
         return {
             "rows": plan["rows"],
             "table_rows": plan["table_rows"],
@@ -114,6 +122,7 @@ class PurgeJob(JobSpec):
             "samples": samples,
             "would_refuse": self.refusal(plan["rows"], plan["table_rows"]),
             "archive": self.archive,
+            "owners": owners,
         }
 
     def run(self, ctx: RunContext) -> Outcome:

@@ -22,6 +22,8 @@ from dbkeeper.schedule import load_timezone
 if TYPE_CHECKING:
     from dbkeeper.tasks.purge import PurgeJob
 
+# Owners listed in a preview or a warning, the most rows first.
+MAX_OWNERS = 1000
 # Block windows start small and grow while batches stay under TARGET seconds (less when
 # lock_timeout is short: an application statement may wait for a whole batch).
 FIRST_WIDTH = 32
@@ -82,12 +84,18 @@ def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
 
 
 def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
-    with pg.connect(ctx.target(), ctx.application_name) as conn:
+    target = ctx.target()
+    with pg.connect(target, ctx.application_name) as conn:
         plan = make_plan(job, ctx, conn)
         samples: list[dict[str, Any]] = []
         for query in plan.query.values():
             if len(samples) < job.sample_rows:
                 samples += query.samples(conn, job.sample_rows - len(samples))
+        owners = None
+        if job.owner_column:
+            # Over the whole table: rows of partitions to be dropped count too.
+            whole = pg.PurgeQuery(target, job.table, plan.column, job.cutoff(ctx.now), job.where)
+            owners = whole.owners(conn, target.quote(job.owner_column), MAX_OWNERS)
     return {
         "rows": plan.rows,
         "table_rows": plan.table_rows,
@@ -98,6 +106,8 @@ def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
         "drop_partitions": plan.drops,
         "samples": samples,
         "would_refuse": job.refusal(plan.rows, plan.table_rows),
+        "archive": job.archive,
+        "owners": owners,
     }
 
 
