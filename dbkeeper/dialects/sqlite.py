@@ -110,7 +110,7 @@ class PurgeQuery:
 
     def plan(self, conn: Connection) -> dict[str, Any]:
         """Exact count, oldest and newest affected times, and the key range to walk."""
-        moment = f"julianday({self.column})" if self.time_format is TimeFormat.ISO else self.column
+        moment = self._moment
         row = conn.execute(
             text(
                 f"SELECT count(*), min({moment}), max({moment}), min({self.key}), max({self.key}) "
@@ -119,13 +119,7 @@ class PurgeQuery:
             self.params,
         ).one()
         count, oldest, newest, key_low, key_high = row
-        if self.time_format is TimeFormat.ISO:
-            oldest, newest = julian_to_datetime(oldest), julian_to_datetime(newest)
-        elif oldest is not None:
-            oldest, newest = (
-                self.time_format.to_datetime(oldest),
-                self.time_format.to_datetime(newest),
-            )
+        oldest, newest = self._to_datetime(oldest), self._to_datetime(newest)
         total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
         return {
             "rows": int(count),
@@ -140,21 +134,26 @@ class PurgeQuery:
         """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
         result = conn.execute(
             text(
-                f"SELECT {owner}, count(*), min({self.column}) FROM {self.table} "
+                f"SELECT {owner}, count(*), min({self._moment}) FROM {self.table} "
                 f"WHERE {self.condition} GROUP BY {owner} ORDER BY count(*) DESC, {owner} "
                 "LIMIT :limit"
             ),
             {**self.params, "limit": limit},
         )
         return [
-            {"owner": who, "rows": int(count), "oldest": self._moment(oldest)}
+            {"owner": who, "rows": int(count), "oldest": self._to_datetime(oldest)}
             for who, count, oldest in result
         ]
 
-    def _moment(self, value: Any) -> Any:
-        if self.time_format is TimeFormat.ISO or value is None:
-            return value
-        return self.time_format.to_datetime(value)
+    @property
+    def _moment(self) -> str:
+        """The time column as a number that orders: julianday() of ISO text."""
+        return f"julianday({self.column})" if self.time_format is TimeFormat.ISO else self.column
+
+    def _to_datetime(self, value: Any) -> datetime | None:
+        if self.time_format is TimeFormat.ISO:
+            return julian_to_datetime(value)
+        return None if value is None else self.time_format.to_datetime(value)
 
     def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
         result = conn.execute(
