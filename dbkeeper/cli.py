@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dbkeeper import output
+from dbkeeper import logs, output, systemd
 from dbkeeper.config import default_path
 from dbkeeper.errors import DbkeeperError
 from dbkeeper.keeper import Keeper
@@ -43,9 +44,13 @@ def json_option(command: F) -> F:
 
 
 def keeper_from(ctx: click.Context, config_path: Path | None) -> Keeper:
-    path = config_path or ctx.find_root().params.get("config_path") or default_path()
+    root = ctx.find_root()
+    path = config_path or root.params.get("config_path") or default_path()
     keeper = Keeper.from_config(path)
     ctx.call_on_close(keeper.close)
+    settings = keeper.config.keeper
+    if settings.log_dir:
+        logs.to_files(Path(settings.log_dir), settings.log_retention, root.params["log_format"])
     return keeper
 
 
@@ -65,19 +70,21 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Logs as text for people or one JSON object per line for log shippers.",
+)
 @click.version_option(__version__, prog_name="dbkeeper")
-def main(config_path: Path | None, debug: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, debug: bool, log_format: str) -> None:
     """Keep databases healthy: scheduled purges, vacuums, health checks, with history.
 
     Jobs are declared in dbkeeper.toml (see `dbkeeper init`).
     """
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        logging.getLogger("dbkeeper").setLevel(logging.WARNING)
+    ctx.obj = logs.setup(log_format, debug)
 
 
 def _print_runs(runs: list[Run], title: str | None = None) -> None:
@@ -298,6 +305,86 @@ def preview(ctx: click.Context, job: str, config_path: Path | None, as_json: boo
         output.table("sample rows", list(samples[0]), [list(row.values()) for row in samples])
 
 
+@main.command(name="install-systemd")
+@click.option(
+    "--mode",
+    type=click.Choice(["service", "timer"]),
+    default="service",
+    show_default=True,
+    help="service: a long-running `start`; timer: a timer running `tick`.",
+)
+@click.option("--name", default="dbkeeper", show_default=True, help="Unit name.")
+@click.option("--user", default=getpass.getuser(), show_default=True, help="Run as this user.")
+@click.option(
+    "--env-file",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/dbkeeper/env"),
+    show_default=True,
+    help="Environment file for secrets (DBKEEPER_TOKEN=..., database passwords).",
+)
+@click.option(
+    "--on-calendar",
+    default="minutely",
+    show_default=True,
+    help="With --mode timer: when to tick (systemd OnCalendar).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/etc/systemd/system"),
+    show_default=True,
+    help="Folder the unit files are written to.",
+)
+@click.option("--force", is_flag=True, help="Replace existing unit files.")
+@config_option
+@click.pass_context
+def install_systemd(
+    ctx: click.Context,
+    mode: str,
+    name: str,
+    user: str,
+    env_file: Path,
+    on_calendar: str,
+    output: Path,
+    force: bool,
+    config_path: Path | None,
+) -> None:
+    """Write systemd units for this config, and print how to enable them.
+
+    \b
+    Examples:
+      sudo dbkeeper -c /srv/app/dbkeeper.toml install-systemd --user app
+      dbkeeper install-systemd --mode timer --on-calendar '*:0/5' --output ./units
+    """
+    keeper = keeper_from(ctx, config_path)  # the config must be valid before it is installed
+    executable = Path(sys.argv[0]).resolve()
+    files = systemd.units(
+        name=name,
+        mode=mode,
+        dbkeeper=executable,
+        config=keeper.config.path.resolve(),
+        user=user,
+        env_file=env_file,
+        on_calendar=on_calendar,
+    )
+    existing = [output / file for file in files if (output / file).exists()]
+    if existing and not force:
+        raise DbkeeperError(f"{existing[0]} exists (use --force to replace it)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for file, content in files.items():
+            (output / file).write_text(content, encoding="utf-8")
+    except OSError as exc:
+        raise DbkeeperError(f"cannot write to {output}: {exc.strerror} (run with sudo?)") from None
+    unit = f"{name}.timer" if mode == "timer" else f"{name}.service"
+    for file in files:
+        click.echo(f"wrote {output / file}")
+    click.echo("enable it with:")
+    click.echo("  sudo systemctl daemon-reload")
+    click.echo(f"  sudo systemctl enable --now {unit}")
+    click.echo(f"  journalctl -u {name}.service -f")
+
+
 @main.command(name="restore-archive")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--database", required=True, help="Database (from the config) to put rows into.")
@@ -454,9 +541,9 @@ def start(ctx: click.Context, config_path: Path | None, no_http: bool) -> None:
       dbkeeper start
       dbkeeper -c /etc/dbkeeper.toml start --no-http
     """
-    logging.getLogger("dbkeeper").setLevel(
-        logging.DEBUG if ctx.find_root().params.get("debug") else logging.INFO
-    )
+    stderr: logging.Handler = ctx.find_root().obj
+    if stderr.level > logging.INFO:
+        stderr.setLevel(logging.INFO)  # the service narrates what it does
     keeper_from(ctx, config_path).start(http=not no_http)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, TypeAdapter, ValidationError
 
 from dbkeeper.errors import ConfigError, ScheduleError
-from dbkeeper.jobspec import Duration, JobSpec, Strict
+from dbkeeper.jobspec import ConfigPath, Duration, JobSpec, Strict
 from dbkeeper.schedule import Schedule, load_timezone, parse_schedule
 from dbkeeper.targets import resolve_url
 from dbkeeper.tasks import KINDS, AnyJob
@@ -54,6 +54,8 @@ class KeeperSettings(Strict):
     lease: Duration = timedelta(seconds=60)
     workers: int = Field(4, ge=1, le=256)
     http: HttpSettings = HttpSettings()
+    log_dir: ConfigPath | None = None
+    log_retention: Duration = timedelta(days=14)
 
 
 class DatabaseSettings(Strict):
@@ -140,7 +142,7 @@ def parse(source: str, file: Path) -> Config:
                 problems.append(locate.message(path, _wording(error)))
 
     try:
-        parsed = ConfigFile.model_validate(data)
+        parsed = ConfigFile.model_validate(data, context={"base": file.parent})
     except ValidationError as exc:
         report(exc.errors())
         parsed = _salvage(data, exc)
@@ -169,7 +171,7 @@ def _salvage(data: dict[str, Any], exc: ValidationError) -> ConfigFile:
         if isinstance(value, dict) and (section,) not in bad:
             kept[section] = {k: v for k, v in value.items() if (section, k) not in bad}
     try:
-        return ConfigFile.model_validate(kept)
+        return ConfigFile.model_validate(kept, context={"base": Path.cwd()})
     except ValidationError:
         return ConfigFile()
 

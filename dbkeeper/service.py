@@ -34,7 +34,12 @@ class HttpServer:
             )
         app = create_app(keeper, scheduler, loopback=loopback)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", access_log=False
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # uvicorn logs through ours
+            log_level="warning",
+            access_log=False,
         )
         self.listen = settings.listen
         self.server = uvicorn.Server(config)

@@ -1,0 +1,95 @@
+"""Logs for people on stderr, and in daily files (``keeper.log_dir``) pruned after
+``keeper.log_retention``; ``--log-format json`` writes one JSON object per line instead."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def formatter(kind: str) -> logging.Formatter:
+    return JsonFormatter() if kind == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+class DailyFileHandler(logging.Handler):
+    """Appends to ``FOLDER/dbkeeper-YYYYMMDD.log`` (UTC days); on each new day, files older
+    than the retention are deleted."""
+
+    def __init__(self, folder: Path, retention: timedelta) -> None:
+        super().__init__(logging.INFO)
+        self.folder, self.retention = folder, retention
+        self._day = ""
+        self._stream: IO[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            day = datetime.fromtimestamp(record.created, UTC).strftime("%Y%m%d")
+            if day != self._day:
+                self._open(day)
+            assert self._stream is not None
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _open(self, day: str) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.folder / f"dbkeeper-{day}.log", "a", encoding="utf-8")
+        self._day = day
+        self.prune(datetime.now(UTC))
+
+    def prune(self, moment: datetime) -> list[Path]:
+        oldest = (moment - self.retention).strftime("%Y%m%d")
+        removed = []
+        for path in self.folder.glob("dbkeeper-*.log"):
+            stamp = path.stem.removeprefix("dbkeeper-")
+            if stamp.isdigit() and len(stamp) == 8 and stamp < oldest:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        super().close()
+
+
+def setup(kind: str, debug: bool) -> logging.Handler:
+    """Logging for a command: warnings on stderr (everything with ``debug``); the returned
+    stderr handler's level can be lowered by commands that narrate (``start``)."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter(kind))
+    stderr.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [stderr]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("dbkeeper").setLevel(logging.DEBUG if debug else logging.INFO)
+    return stderr
+
+
+def to_files(folder: Path, retention: timedelta, kind: str) -> None:
+    handler = DailyFileHandler(folder, retention)
+    handler.setFormatter(formatter(kind))
+    logging.getLogger("dbkeeper").addHandler(handler)
