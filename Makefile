@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	command -v chromium >/dev/null || $(BIN)/python -m playwright install chromium
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

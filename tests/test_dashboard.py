@@ -28,9 +28,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
+    # Debian's Chromium where installed; else the one `playwright install chromium` fetched.
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("the dashboard test needs Chromium: apt install chromium")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         yield launched
