@@ -164,3 +164,35 @@ def test_purge_warns_once_per_slot_grouped_by_owner(
     # Nothing was deleted: the slot is still ahead.
     assert db.ids(project.path / "app.db", "uploads") == [1, 2, 3, 4, 5, 6]
     assert history() == []
+
+
+def test_postgres_preview_groups_rows_per_owner(project: Project, pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE uploads (id int PRIMARY KEY, user_id int, created timestamptz)")
+        conn.execute(
+            "INSERT INTO uploads VALUES (1, 7, now() - interval '10 days'), "
+            "(2, 7, now() - interval '9 days'), (3, 8, now() - interval '8 days'), "
+            "(4, 9, now() - interval '1 day')"
+        )
+        oldest = conn.execute("SELECT min(created) FROM uploads").fetchone()
+    project.write_config(
+        f"""
+        [databases.app]
+        url = "{pg_url}"
+
+        [jobs.expire-uploads]
+        task = "purge"
+        database = "app"
+        table = "uploads"
+        column = "created"
+        older_than = "5d"
+        owner_column = "user_id"
+        """
+    )
+    preview = project.cli("preview", "expire-uploads", "--json").json()
+    owners = [(o["owner"], o["rows"]) for o in preview["owners"]]
+    assert owners == [(7, 2), (8, 1)]
+    assert oldest is not None
+    assert preview["owners"][0]["oldest"] == oldest[0].astimezone(UTC).isoformat()
