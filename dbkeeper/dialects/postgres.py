@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dbkeeper.archive import Archive
 from dbkeeper.context import CancelToken
+from dbkeeper.dialects.common import owner_groups
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target, transaction
 from dbkeeper.timeformats import TimeFormat, detect
@@ -296,18 +297,16 @@ class PurgeQuery:
 
     def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
         """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
-        result = conn.execute(
-            text(
-                f"SELECT {owner}, count(*), min({self.column}) FROM {self.table} "
-                f"WHERE {self.condition} GROUP BY {owner} ORDER BY count(*) DESC, {owner} "
-                "LIMIT :limit"
-            ),
-            {**self.params, "limit": limit},
+        return owner_groups(
+            conn,
+            self.table,
+            self.condition,
+            self.params,
+            owner,
+            self.column,
+            self.time.to_datetime,
+            limit,
         )
-        return [
-            {"owner": who, "rows": int(count), "oldest": self.time.to_datetime(oldest)}
-            for who, count, oldest in result
-        ]
 
     def samples(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
         result = conn.execute(

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from dbkeeper.archive import Archive
+from dbkeeper.dialects.common import owner_groups
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target
 from dbkeeper.timeformats import TimeFormat
@@ -132,18 +133,16 @@ class PurgeQuery:
 
     def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
         """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
-        result = conn.execute(
-            text(
-                f"SELECT {owner}, count(*), min({self._moment}) FROM {self.table} "
-                f"WHERE {self.condition} GROUP BY {owner} ORDER BY count(*) DESC, {owner} "
-                "LIMIT :limit"
-            ),
-            {**self.params, "limit": limit},
+        return owner_groups(
+            conn,
+            self.table,
+            self.condition,
+            self.params,
+            owner,
+            self._moment,
+            self._to_datetime,
+            limit,
         )
-        return [
-            {"owner": who, "rows": int(count), "oldest": self._to_datetime(oldest)}
-            for who, count, oldest in result
-        ]
 
     @property
     def _moment(self) -> str:
