@@ -40,13 +40,22 @@ class Notifier:
         self.keeper = keeper
         self.settings: dict[str, NotifySettings] = keeper.config.notify
 
+    def listeners(self, job: JobSpec, event: NotifyEvent) -> list[str]:
+        return [name for name in job.notify if event in self.settings[name].on]
+
+    def claim(self, job: JobSpec, event: NotifyEvent, key: str) -> bool:
+        """Whether this process is the one to send this notice (first to record its key)."""
+        return self.keeper.store.first_notice(f"{event}:{job.name}:{key}")
+
     def send(self, job: JobSpec, event: NotifyEvent, title: str, body: str, key: str) -> int:
         """Send to every notifier of the job that listens for ``event``, once per ``key``."""
-        wanted = [name for name in job.notify if event in self.settings[name].on]
-        if not wanted or not self.keeper.store.first_notice(f"{event}:{job.name}:{key}"):
+        if not self.listeners(job, event) or not self.claim(job, event, key):
             return 0
+        return self.deliver(job, event, title, body)
+
+    def deliver(self, job: JobSpec, event: NotifyEvent, title: str, body: str) -> int:
         sent = 0
-        for name in wanted:
+        for name in self.listeners(job, event):
             sender = apprise.Apprise()
             for url in self.settings[name].urls:
                 sender.add(url)
@@ -105,6 +114,8 @@ class Notifier:
 
     def watch(self, moment: datetime) -> None:
         """Alerts about job health, and warnings ahead of purges."""
+        if not any(job.notify for job in self.keeper.jobs.values()):
+            return
         try:
             self._watch_health(moment)
             self._warn_ahead(moment)
@@ -131,18 +142,17 @@ class Notifier:
         for name, job in self.keeper.jobs.items():
             ahead = getattr(job, "warn_before", None)
             schedule = self.keeper.schedules.get(name)
-            if ahead is None or schedule is None or not job.enabled or not job.notify:
+            if ahead is None or schedule is None or not job.enabled:
                 continue
             slot = schedule.next_after(moment)
-            if slot - moment > ahead:
+            if slot - moment > ahead or not self.listeners(job, "warning"):
                 continue
-            key = f"slot {slot.isoformat()}"
-            if self.keeper.store.notice_sent(f"warning:{name}:{key}"):
+            # Claimed before the preview, so each slot is previewed once, on one node.
+            if not self.claim(job, "warning", f"slot {slot.isoformat()}"):
                 continue
             preview = job.preview(RunContext(job, self.keeper.targets, now=slot))
-            if not preview["rows"]:
-                continue
-            self.send(job, "warning", *warning_text(job, slot, preview), key)
+            if preview["rows"]:
+                self.deliver(job, "warning", *warning_text(job, slot, preview))
 
 
 def warning_text(job: JobSpec, slot: datetime, preview: dict[str, Any]) -> tuple[str, str]:

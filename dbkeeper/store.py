@@ -662,11 +662,6 @@ class StateStore:
             inserted = conn.execute(self._insert_new(notices_table, key=key, sent_at=now()))
         return bool(inserted.rowcount)
 
-    def notice_sent(self, key: str) -> bool:
-        with self.reading() as conn:
-            found = conn.execute(select(notices_table.c.key).where(notices_table.c.key == key))
-            return found.first() is not None
-
     def add_health_report(
         self, database: str, run_id: int | None, taken_at: datetime, report: dict[str, Any]
     ) -> None:
