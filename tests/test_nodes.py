@@ -82,7 +82,7 @@ def test_three_nodes_run_each_slot_exactly_once(
             misfire_grace = "1m"
             """,
     )
-    nodes = [project.popen("start") for _ in range(3)]
+    nodes = [project.popen("start", "--no-http") for _ in range(3)]
     try:
         time.sleep(30)
         status = project.cli("status", "--json")
@@ -128,7 +128,7 @@ def test_killed_node_run_is_abandoned_and_retried_on_a_live_node(
             retry_backoff = "1s"
             """,
     )
-    nodes = [project.popen("start"), project.popen("start")]
+    nodes = [project.popen("start", "--no-http"), project.popen("start", "--no-http")]
     try:
         marker = project.path / "slow-1.started"
         deadline = time.monotonic() + 30

@@ -303,7 +303,7 @@ def test_idle_start_sleeps_instead_of_polling(project: Project) -> None:
         schedule = "0 0 1 1 *"
         """,
     )
-    process = project.popen("start")
+    process = project.popen("start", "--no-http")
     try:
         time.sleep(3)
         before = _cpu_seconds(process.pid)
@@ -327,7 +327,7 @@ schedule = "* * * * * *"
 
 def test_sigterm_lets_a_running_job_finish(project: Project, history: History) -> None:
     _project(project, SECONDLY.format(seconds=2), keeper='shutdown_grace = "20s"')
-    process = project.popen("start")
+    process = project.popen("start", "--no-http")
     try:
         _wait_for(project.path / "sleeper.started")
         process.send_signal(signal.SIGTERM)
@@ -348,7 +348,7 @@ def test_sigterm_past_the_grace_records_the_interruption(
     project: Project, history: History
 ) -> None:
     _project(project, SECONDLY.format(seconds=120), keeper='shutdown_grace = "1s"')
-    process = project.popen("start")
+    process = project.popen("start", "--no-http")
     try:
         _wait_for(project.path / "sleeper.started")
         sent = time.monotonic()
