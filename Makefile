@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/purge_postgres.py
 	$(BIN)/python bench/run_overhead.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/scheduler.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check dbkeeper tests bench demo
