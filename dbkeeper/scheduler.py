@@ -66,7 +66,17 @@ class Scheduler:
     # -- claiming -------------------------------------------------------------
 
     def claim_due(self, moment: datetime) -> list[Claimed]:
-        """Claim every due slot of every enabled scheduled job; return those to run here."""
+        """Claim every due slot of every enabled scheduled job; return those to run here.
+
+        All of a look's claims and cursor moves commit together, in one transaction."""
+        with self.store.transaction():
+            claimed = self._claim_slots(moment)
+        return claimed + self._claim_queued(self._running_jobs())
+
+    def _running_jobs(self) -> set[str]:
+        return {run.job for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)}
+
+    def _claim_slots(self, moment: datetime) -> list[Claimed]:
         claimed: list[Claimed] = []
         states = self.store.job_states()
         running = {run.job for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)}
@@ -109,7 +119,7 @@ class Scheduler:
                         running.add(name)
             if slots:
                 self.store.advance_cursor(name, slots[-1])
-        return claimed + self._claim_queued(running)
+        return claimed
 
     def _record_missed(
         self, name: str, late: list[datetime], moment: datetime, grace: timedelta

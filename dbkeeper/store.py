@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -193,6 +194,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
+        self._local = threading.local()
         parsed = make_url(url)
         shown = parsed.render_as_string()
         try:
@@ -219,7 +221,22 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front."""
+        """A write transaction; on SQLite it takes the write lock up front. Opened inside
+        another of this thread's transactions, it is part of that one (one commit for a
+        batch of claims)."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            yield outer
+            return
+        with self._begin() as conn:
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
         if not self.sqlite:
             with self.engine.begin() as conn:
                 yield conn
@@ -240,6 +257,11 @@ class StateStore:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
+        """A connection to read with: this thread's open transaction, if it has one."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            yield outer
+            return
         with self.engine.connect() as conn:
             yield conn
 
