@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from dbkeeper.context import CancelToken
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.runner import Runner
@@ -32,6 +34,7 @@ log = logging.getLogger("dbkeeper.scheduler")
 MISSED_RECORD_LIMIT = 100
 IDLE_WAKE = timedelta(minutes=5)
 PRUNE_EVERY = timedelta(hours=1)
+RETRY_CLAIMS = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,9 @@ class Scheduler:
     def _claim_slots(self, moment: datetime) -> list[Claimed]:
         claimed: list[Claimed] = []
         states = self.store.job_states()
-        running = {run.job for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)}
-        for name, schedule in self.keeper.schedules.items():
+        running = self._running_jobs()
+        # In name order: nodes claiming at once take their row locks in the same order.
+        for name, schedule in sorted(self.keeper.schedules.items()):
             job = self.keeper.jobs[name]
             state = states.get(name)
             if schedule is None or not job.enabled or state is None:
@@ -217,7 +221,13 @@ class Scheduler:
                 while not self.stopping.is_set():
                     self.last_loop = now()
                     self._wake.clear()
-                    for claimed in self.claim_due(now()):
+                    try:
+                        due = self.claim_due(now())
+                    except SQLAlchemyError:  # the state store is away: try again shortly
+                        log.exception("claiming due runs failed; retrying")
+                        self.stopping.wait(RETRY_CLAIMS.total_seconds())
+                        continue
+                    for claimed in due:
                         log.info("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
                         futures[pool.submit(self._run, claimed)] = claimed
                     futures = {f: claimed for f, claimed in futures.items() if not f.done()}
