@@ -162,26 +162,13 @@ class Keeper:
         node = store.register_node("run")
         try:
             self.reap_orphans()
-            running = store.runs(job=name, status=[RunStatus.RUNNING], limit=1)
-            slot = datetime.now(UTC)
-            if running and job.concurrency == "skip":
-                run_id = store.claim(
-                    name,
-                    slot,
-                    status=RunStatus.SKIPPED,
-                    trigger=Trigger.MANUAL,
-                    node=node.id,
-                    error=f"run {running[0].id} of this job is still running",
-                )
-                assert run_id is not None
-                skipped = store.get_run(run_id)
-                assert skipped is not None
-                return skipped
-            run_id = store.claim(
-                name, slot, status=RunStatus.RUNNING, trigger=Trigger.MANUAL, node=node.id
+            run_id, slot, skipped = self._claim_manual(
+                job, RunStatus.RUNNING, node.id, busy=[RunStatus.RUNNING]
             )
-            if run_id is None:
-                raise DbkeeperError(f"could not record a run of {name!r}")
+            if skipped:
+                found = store.get_run(run_id)
+                assert found is not None
+                return found
             runner = Runner(
                 store, self.targets, node.id, self.config.keeper.lease, notifier=self.notifier
             )
@@ -195,23 +182,33 @@ class Keeper:
         picks it up like any queued run. With ``concurrency = "skip"`` and a run still
         going, the request is recorded as skipped instead."""
         job = self.get(name)
-        store = self.store
-        store.register_jobs([name], now())
-        running = store.runs(job=name, status=[RunStatus.RUNNING, RunStatus.QUEUED], limit=1)
-        skip = bool(running) and job.concurrency == "skip"
-        run_id = store.claim(
-            name,
-            datetime.now(UTC),
-            status=RunStatus.SKIPPED if skip else RunStatus.QUEUED,
-            trigger=Trigger.MANUAL,
-            node=None,
-            error=f"run {running[0].id} of this job is still running" if skip else None,
-        )
-        if run_id is None:
-            raise DbkeeperError(f"could not record a run of {name!r}")
-        queued = store.get_run(run_id)
+        self.store.register_jobs([name], now())
+        busy = [RunStatus.RUNNING, RunStatus.QUEUED]
+        run_id, _, _ = self._claim_manual(job, RunStatus.QUEUED, None, busy=busy)
+        queued = self.store.get_run(run_id)
         assert queued is not None
         return queued
+
+    def _claim_manual(
+        self, job: JobSpec, status: RunStatus, node: str | None, *, busy: list[RunStatus]
+    ) -> tuple[int, datetime, bool]:
+        """Record a manual run of ``job`` now with ``status`` or, when the job skips
+        overlapping runs and one of its runs is in a ``busy`` status, as skipped. Returns
+        the run's id, its slot and whether it was skipped."""
+        previous = self.store.runs(job=job.name, status=busy, limit=1)
+        skipped = bool(previous) and job.concurrency == "skip"
+        slot = datetime.now(UTC)
+        run_id = self.store.claim(
+            job.name,
+            slot,
+            status=RunStatus.SKIPPED if skipped else status,
+            trigger=Trigger.MANUAL,
+            node=node,
+            error=f"run {previous[0].id} of this job is still running" if skipped else None,
+        )
+        if run_id is None:
+            raise DbkeeperError(f"could not record a run of {job.name!r}")
+        return run_id, slot, skipped
 
     def liveness(self, scheduler: Scheduler | None) -> dict[str, bool]:
         """For ``/healthz``: the scheduler loop turns and the state store answers."""
