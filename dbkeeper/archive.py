@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,12 +34,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from dbkeeper import durable, templates
 from dbkeeper.errors import DbkeeperError
 
 FORMATS = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")
 PLACEHOLDERS = ("table", "database", "job", "date", "run")
 MANIFEST_SUFFIX = ".manifest.jsonl"
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 # How many of a batch's keys are still in the table.
 KeyLookup = Callable[[list[Any]], int]
@@ -48,12 +47,7 @@ KeyLookup = Callable[[list[Any]], int]
 
 def check_template(template: str) -> str:
     """Validate an archive template: known placeholders and a supported format."""
-    for name in _PLACEHOLDER.findall(template):
-        if name not in PLACEHOLDERS:
-            raise ValueError(
-                f"unknown placeholder {{{name}}} "
-                f"(placeholders: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})"
-            )
+    templates.check(template, PLACEHOLDERS)
     if not template.endswith(FORMATS):
         raise ValueError(f"an archive file name must end with one of {', '.join(FORMATS)}")
     return template
@@ -135,9 +129,9 @@ class Manifest:
 
     def append(self, entry: dict[str, Any]) -> None:
         if self.path.exists() and self.path.stat().st_size > self.complete:
-            _truncate(self.path, self.complete)
+            durable.truncate(self.path, self.complete)
         line = (json.dumps(entry, default=str) + "\n").encode()
-        self.complete = _append_durably(self.path, line)[1]
+        self.complete = durable.append(self.path, line)[1]
 
     def mark(self, batch: Batch, state: str, note: str | None = None) -> None:
         batch.state, batch.note = state, note
@@ -171,19 +165,17 @@ class Archive:
             "date": now.astimezone(UTC).date().isoformat(),
             "run": "manual" if run_id is None else str(run_id),
         }
-        self.path = Path(_PLACEHOLDER.sub(lambda m: values[m.group(1)], template))
+        self.path = Path(templates.fill(template, values))
         # Any date, run or job of this table's archives, numbered siblings included.
-        fixed = {"table": table, "database": database}
-        pattern = _PLACEHOLDER.sub(lambda m: fixed.get(m.group(1), "*"), template)
+        pattern = templates.pattern(template, {"table": table, "database": database})
         stem = pattern[: -len(self.format)]
-        self._pattern = Path(stem + ("" if stem.endswith("*") else "*") + self.format)
+        self._pattern = stem + ("" if stem.endswith("*") else "*") + self.format
         self._manifest: Manifest | None = None
         self.written = 0
         self.files: set[str] = set()
 
     def _glob(self, suffix: str) -> list[Path]:
-        root = Path(self._pattern.anchor)
-        return sorted(root.glob(str(self._pattern.relative_to(root)) + suffix))
+        return templates.matching(self._pattern + suffix)
 
     def recover(self, present: KeyLookup) -> dict[str, int]:
         """Settle what an interrupted run left: see the module's docstring."""
@@ -210,7 +202,7 @@ class Archive:
             data = manifest.data_file
             if self.format != ".parquet" and data.exists():
                 if data.stat().st_size > manifest.recorded_end:
-                    _truncate(data, manifest.recorded_end)
+                    durable.truncate(data, manifest.recorded_end)
                     settled["unrecorded_removed"] += 1
         if self.format == ".parquet":
             # Part files written before their pending line reached the manifest.
@@ -225,7 +217,7 @@ class Archive:
         if batch.part:
             (manifest.data_file.parent / batch.part).unlink(missing_ok=True)
         else:
-            _truncate(manifest.data_file, batch.offset)
+            durable.truncate(manifest.data_file, batch.offset)
         manifest.mark(batch, "discarded", "its delete had rolled back")
 
     def _current(self, columns: list[str]) -> Manifest:
@@ -261,9 +253,9 @@ class Archive:
             # Bytes past the last recorded batch were written by a run that died before
             # recording them; their rows are still in the table.
             if data.exists() and data.stat().st_size > manifest.recorded_end:
-                _truncate(data, manifest.recorded_end)
+                durable.truncate(data, manifest.recorded_end)
             header = manifest.recorded_end == 0
-            offset, end = _append_durably(data, encode(self.format, columns, rows, header))
+            offset, end = durable.append(data, encode(self.format, columns, rows, header))
         batch = Batch(
             batch=number,
             run_id=self.run_id,
@@ -368,10 +360,7 @@ def _write_parquet(path: Path, columns: list[str], rows: Sequence[Sequence[Any]]
 
     temporary = path.with_name(path.name + ".tmp")
     pq.write_table(arrow_table(columns, rows), temporary, compression="zstd")
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _sync_directory(path.parent)
+    durable.replace(temporary, path)
     return path.stat().st_size
 
 
@@ -382,39 +371,6 @@ def _numbered(name: str, suffix: str, number: int, label: str = "") -> str:
 def _owner_name(part: str) -> str:
     """The archive file a Parquet part (or its temporary file) belongs to."""
     return re.sub(r"\.part-\d+\.parquet(\.tmp)?$", ".parquet", part)
-
-
-# -- durable file operations -------------------------------------------------------------
-
-
-def _append_durably(path: Path, data: bytes) -> tuple[int, int]:
-    """Append and fsync; returns the byte range written. A new file's entry is synced too."""
-    created = not path.exists()
-    with open(path, "ab") as handle:
-        offset = handle.seek(0, os.SEEK_END)
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        end = handle.tell()
-    if created:
-        _sync_directory(path.parent)
-    return offset, end
-
-
-def _truncate(path: Path, size: int) -> None:
-    if not path.exists():
-        return
-    with open(path, "rb+") as handle:
-        handle.truncate(size)
-        os.fsync(handle.fileno())
-
-
-def _sync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # -- reading back --------------------------------------------------------------------------

@@ -11,7 +11,6 @@ then renamed: a file with the final name is always a complete, verified backup.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field
 from sqlalchemy.engine import make_url
 
+from dbkeeper import durable, templates
 from dbkeeper.context import Outcome, RunContext
 from dbkeeper.errors import Cancelled, DbkeeperError, TargetError
 from dbkeeper.jobspec import ConfigPath, JobSpec
@@ -30,14 +30,10 @@ from dbkeeper.targets import Target
 from dbkeeper.units import format_size
 
 PLACEHOLDERS = ("database", "date", "timestamp")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def _check_path(template: str) -> str:
-    for name in _PLACEHOLDER.findall(template):
-        if name not in PLACEHOLDERS:
-            known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-            raise ValueError(f"unknown placeholder {{{name}}} (placeholders: {known})")
+    templates.check(template, PLACEHOLDERS)
     if "{timestamp}" not in template and "{date}" not in template:
         raise ValueError("the path needs {timestamp} or {date}, or every backup replaces the last")
     return template
@@ -64,14 +60,12 @@ class BackupJob(JobSpec):
             "date": moment.date().isoformat(),
             "timestamp": moment.strftime("%Y%m%dT%H%M%SZ"),
         }
-        return Path(_PLACEHOLDER.sub(lambda m: values[m.group(1)], self.path))
+        return Path(templates.fill(self.path, values))
 
     def previous(self, ctx: RunContext) -> list[Path]:
         """Earlier backups of this job, oldest first."""
-        pattern = Path(self.path.replace("{database}", ctx.target().name))
-        pattern = Path(_PLACEHOLDER.sub("*", str(pattern)))
-        root = Path(pattern.anchor)
-        found = [p for p in root.glob(str(pattern.relative_to(root))) if p.is_file()]
+        glob = templates.pattern(self.path, {"database": ctx.target().name})
+        found = [path for path in templates.matching(glob) if path.is_file()]
         return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
 
     def preview(self, ctx: RunContext) -> dict[str, Any]:
@@ -96,9 +90,7 @@ class BackupJob(JobSpec):
                 result = _pg_dump(ctx, target, temporary)
             else:
                 result = _sqlite_backup(ctx, target, temporary)
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, destination)
+            durable.replace(temporary, destination)
         finally:
             temporary.unlink(missing_ok=True)
         removed = []

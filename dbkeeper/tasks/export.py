@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from dbkeeper import durable
 from dbkeeper.connections import connect
 from dbkeeper.context import Outcome, RunContext
 from dbkeeper.errors import DbkeeperError, TargetError
@@ -118,13 +119,12 @@ class ExportJob(JobSpec):
                 raise DbkeeperError(
                     f"wrote {written} rows but the database held {counted}; file not replaced"
                 )
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
             previous = self._keep_previous(path)
-            os.replace(temporary, path)
+            durable.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
-        removed = [str(old) for old in self.versions()[: max(0, len(self.versions()) - self.keep)]]
+        versions = self.versions()
+        removed = [str(old) for old in versions[: max(0, len(versions) - self.keep)]]
         for old in removed:
             Path(old).unlink(missing_ok=True)
         size = path.stat().st_size
