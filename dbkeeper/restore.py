@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from dbkeeper.archive import read_batches
 from dbkeeper.errors import DbkeeperError
-from dbkeeper.targets import Target, transaction
+from dbkeeper.targets import Target, database_reason, transaction
 
 
 def restore_archive(target: Target, table: str, path: Path) -> dict[str, Any]:
@@ -42,10 +42,9 @@ def _insert(target: Target, table: str, path: Path, conn: Connection) -> dict[st
             try:
                 conn.execute(statement, params)
             except SQLAlchemyError as exc:
-                reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).splitlines()[0]
                 raise DbkeeperError(
                     f"{path}: batch {batch.batch} could not be inserted, nothing was "
-                    f"restored: {reason}"
+                    f"restored: {database_reason(exc)}"
                 ) from None
         restored += len(rows)
         batches += 1

@@ -140,5 +140,10 @@ def transaction(conn: Connection) -> Iterator[None]:
     conn.exec_driver_sql("COMMIT")
 
 
+def database_reason(exc: Exception) -> str:
+    """The first line of what the database driver said (or of the error itself)."""
+    return str(exc.orig if isinstance(exc, DBAPIError) else exc).strip().splitlines()[0]
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0]

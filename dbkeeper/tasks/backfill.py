@@ -21,7 +21,7 @@ from dbkeeper.dialects import postgres as pg
 from dbkeeper.dialects import sqlite as sqlite_sql
 from dbkeeper.errors import DbkeeperError, TargetError
 from dbkeeper.jobspec import Identifier, JobSpec
-from dbkeeper.targets import transaction
+from dbkeeper.targets import database_reason, transaction
 from dbkeeper.tasks.python import CallPath, JobFunction, load_callable
 
 FilterValue = str | int | float | bool | None
@@ -139,9 +139,9 @@ class BackfillJob(JobSpec):
                             done = conn.execute(update, values)
                     except DBAPIError as exc:
                         ctx.check_cancelled()
-                        reason = str(exc.orig).strip().splitlines()[0]
                         raise DbkeeperError(
-                            f"updating {self.column!r} failed after {updated} rows: {reason}",
+                            f"updating {self.column!r} failed after {updated} rows: "
+                            f"{database_reason(exc)}",
                             {"planned": total, "updated": updated, "failed": failed},
                         ) from None
                     updated += max(done.rowcount, 0)

@@ -31,7 +31,7 @@ from dbkeeper.connections import connect
 from dbkeeper.context import Outcome, RunContext
 from dbkeeper.errors import DbkeeperError, TargetError
 from dbkeeper.jobspec import ConfigPath, Identifier, JobSpec
-from dbkeeper.targets import Target
+from dbkeeper.targets import Target, database_reason
 from dbkeeper.units import format_size
 
 FORMATS = (".csv", ".csv.gz", ".parquet")
@@ -78,7 +78,7 @@ class ExportJob(JobSpec):
             try:  # EXPLAIN plans the query without running it, and refuses several
                 conn.execute(text(f"EXPLAIN {self.source(target)}"))
             except DBAPIError as exc:
-                raise TargetError(f"query: {str(exc.orig).strip().splitlines()[0]}") from None
+                raise TargetError(f"query: {database_reason(exc)}") from None
 
     def versions(self) -> list[Path]:
         """Earlier versions of the file, oldest first."""

@@ -22,7 +22,7 @@ from dbkeeper.context import Outcome, RunContext
 from dbkeeper.errors import DbkeeperError, TargetError
 from dbkeeper.jobspec import JobSpec
 from dbkeeper.models import RunStatus
-from dbkeeper.targets import transaction
+from dbkeeper.targets import database_reason, transaction
 
 ParamValue = str | int | float | bool | None
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,7 +76,7 @@ class SqlJob(JobSpec):
             try:  # EXPLAIN without ANALYZE plans a statement without running it
                 rows = conn.execute(text(f"EXPLAIN {statement}"), params).all()
             except DBAPIError as exc:
-                raise TargetError(f"statement {number}: {_reason(exc)}") from None
+                raise TargetError(f"statement {number}: {database_reason(exc)}") from None
             plans.append([" ".join(str(v) for v in row) for row in rows])
         return plans
 
@@ -111,7 +111,7 @@ class SqlJob(JobSpec):
                     except DBAPIError as exc:
                         ctx.check_cancelled()
                         raise DbkeeperError(
-                            f"statement {number}: {_reason(exc)}", {"statements": done}
+                            f"statement {number}: {database_reason(exc)}", {"statements": done}
                         ) from None
                     step["executions"] += 1
                     changed = max(result.rowcount, 0) if returned is None else 0
@@ -130,7 +130,3 @@ class SqlJob(JobSpec):
                         )
                 step["seconds"] = round(time.monotonic() - began, 3)
         return Outcome(total, {"statements": done}, f"{total} rows in {len(self.sql)} statements")
-
-
-def _reason(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0]
