@@ -330,6 +330,7 @@ def preview(ctx: click.Context, job: str, config_path: Path | None, as_json: boo
 )
 @click.option(
     "--output",
+    "folder",
     type=click.Path(path_type=Path, file_okay=False),
     default=Path("/etc/systemd/system"),
     show_default=True,
@@ -345,7 +346,7 @@ def install_systemd(
     user: str,
     env_file: Path,
     on_calendar: str,
-    output: Path,
+    folder: Path,
     force: bool,
     config_path: Path | None,
 ) -> None:
@@ -367,18 +368,18 @@ def install_systemd(
         env_file=env_file,
         on_calendar=on_calendar,
     )
-    existing = [output / file for file in files if (output / file).exists()]
+    existing = [folder / file for file in files if (folder / file).exists()]
     if existing and not force:
         raise DbkeeperError(f"{existing[0]} exists (use --force to replace it)")
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         for file, content in files.items():
-            (output / file).write_text(content, encoding="utf-8")
+            (folder / file).write_text(content, encoding="utf-8")
     except OSError as exc:
-        raise DbkeeperError(f"cannot write to {output}: {exc.strerror} (run with sudo?)") from None
+        raise DbkeeperError(f"cannot write to {folder}: {exc.strerror} (run with sudo?)") from None
     unit = f"{name}.timer" if mode == "timer" else f"{name}.service"
     for file in files:
-        click.echo(f"wrote {output / file}")
+        click.echo(f"wrote {folder / file}")
     click.echo("enable it with:")
     click.echo("  sudo systemctl daemon-reload")
     click.echo(f"  sudo systemctl enable --now {unit}")

@@ -81,6 +81,13 @@ class Target:
     def backend(self) -> str:
         return make_url(self.url).get_backend_name()
 
+    def libpq_url(self, *, password: bool = True) -> str:
+        """The URL as libpq-based tools take it (``postgresql://``, no SQLAlchemy driver)."""
+        url = make_url(self.url).set(drivername="postgresql")
+        if not password:
+            url = url.set(password=None)
+        return url.render_as_string(hide_password=False)
+
     @property
     def sqlite_path(self) -> Path:
         database = make_url(self.url).database

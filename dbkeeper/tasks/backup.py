@@ -154,11 +154,11 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 def _pg_dump(ctx: RunContext, target: Target, temporary: Path) -> dict[str, Any]:
-    url = make_url(target.url)
+    password = make_url(target.url).password
     env = {**os.environ}
-    if url.password:
-        env["PGPASSWORD"] = str(url.password)  # not on the command line, where ps shows it
-    dsn = url.set(drivername="postgresql", password=None).render_as_string()
+    if password:
+        env["PGPASSWORD"] = str(password)  # not on the command line, where ps shows it
+    dsn = target.libpq_url(password=False)
     _run(ctx, [_tool("pg_dump"), "-Fc", "-f", str(temporary), "--dbname", dsn], env)
     listing = _run(ctx, [_tool("pg_restore"), "--list", str(temporary)], env)
     tables = [line for line in listing.splitlines() if " TABLE DATA " in line]

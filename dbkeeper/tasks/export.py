@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from dbkeeper import durable
@@ -175,7 +174,7 @@ def _adbc(target: Target) -> Iterator[Any]:
     if target.backend == "postgresql":
         import adbc_driver_postgresql.dbapi as adbc_pg
 
-        conn = adbc_pg.connect(_libpq_url(target))
+        conn = adbc_pg.connect(target.libpq_url())
         with conn.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     else:
@@ -209,7 +208,7 @@ def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[i
     """PostgreSQL's own CSV writer, COPY, in a REPEATABLE READ snapshot with the count."""
     import psycopg
 
-    with psycopg.connect(_libpq_url(target), application_name=ctx.application_name) as conn:
+    with psycopg.connect(target.libpq_url(), application_name=ctx.application_name) as conn:
         with ctx.token.interrupting(conn.cancel):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute(f"SELECT count(*) FROM ({query}) AS s").fetchone()
@@ -226,7 +225,3 @@ def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[i
                 written = cursor.rowcount
             ctx.progress(100, written)
     return counted, written
-
-
-def _libpq_url(target: Target) -> str:
-    return make_url(target.url).set(drivername="postgresql").render_as_string(hide_password=False)
