@@ -123,6 +123,15 @@ class Manifest:
     def recorded_end(self) -> int:
         return max((b.end for b in self.batches.values() if b.state != "discarded"), default=0)
 
+    def cut_unrecorded(self) -> bool:
+        """Cut off bytes past the last recorded batch: a run died before recording them,
+        and their rows are still in the table. Whether there were any."""
+        data = self.data_file
+        if data.exists() and data.stat().st_size > self.recorded_end:
+            durable.truncate(data, self.recorded_end)
+            return True
+        return False
+
     @property
     def live_parts(self) -> set[str | None]:
         return {b.part for b in self.batches.values() if b.state != "discarded"}
@@ -155,7 +164,6 @@ class Archive:
         run_id: int | None,
         now: datetime,
     ) -> None:
-        self.template = template
         self.format = archive_format(template)
         self.database, self.table, self.key, self.run_id = database, table, key, run_id
         values = {
@@ -199,11 +207,8 @@ class Archive:
                     )
                     manifest.mark(batch, "suspect", note)
                     settled["suspect"] += 1
-            data = manifest.data_file
-            if self.format != ".parquet" and data.exists():
-                if data.stat().st_size > manifest.recorded_end:
-                    durable.truncate(data, manifest.recorded_end)
-                    settled["unrecorded_removed"] += 1
+            if self.format != ".parquet" and manifest.cut_unrecorded():
+                settled["unrecorded_removed"] += 1
         if self.format == ".parquet":
             # Part files written before their pending line reached the manifest.
             for part in self._glob(".part-*"):
@@ -250,10 +255,7 @@ class Archive:
             part = _numbered(data.name, ".parquet", number, "part-")
             offset, end = 0, _write_parquet(data.parent / part, columns, rows)
         else:
-            # Bytes past the last recorded batch were written by a run that died before
-            # recording them; their rows are still in the table.
-            if data.exists() and data.stat().st_size > manifest.recorded_end:
-                durable.truncate(data, manifest.recorded_end)
+            manifest.cut_unrecorded()
             header = manifest.recorded_end == 0
             offset, end = durable.append(data, encode(self.format, columns, rows, header))
         batch = Batch(
