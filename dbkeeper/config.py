@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from dbkeeper.chains import chain_problems
 from dbkeeper.errors import ConfigError, ScheduleError
 from dbkeeper.jobspec import ConfigPath, Duration, JobSpec, Strict
 from dbkeeper.schedule import Schedule, load_timezone, parse_schedule
@@ -133,30 +134,35 @@ def parse(source: str, file: Path) -> Config:
     unset: set[tuple[str, ...]] = set()
     data = expand(raw, (), locate, problems, unset)
 
-    def report(errors: list[Any], prefix: tuple[str, ...] = ()) -> None:
-        for error in errors:
-            path = _key_path((*prefix, *error["loc"]))
-            if error["type"] == "union_tag_invalid":
-                path = (*path, "task")
-            if path not in unset:  # already reported as a missing variable
-                problems.append(locate.message(path, _wording(error)))
-
     try:
         parsed = ConfigFile.model_validate(data, context={"base": file.parent})
     except ValidationError as exc:
-        report(exc.errors())
+        for error in exc.errors():
+            path = _key_path(error["loc"])
+            if path not in unset:  # already reported as a missing variable
+                problems.append(locate.message(path, _wording(error)))
         parsed = _salvage(data, exc)
+    databases = data.get("databases")
+    around = Surroundings(
+        databases=frozenset(databases) if isinstance(databases, dict) else frozenset(),
+        notifiers=frozenset(parsed.notify),
+        timezone=parsed.keeper.timezone if _zone_ok(parsed.keeper.timezone) else "UTC",
+        base=file.parent,
+    )
     jobs: dict[str, JobSpec] = {}
+    schedules: dict[str, Schedule | None] = {}
     for name, job in parsed.jobs.items():
-        if "name" in job:
-            problems.append(locate.message(("jobs", name, "name"), "unknown key"))
-            continue
-        try:
-            jobs[name] = _JOB.validate_python({**job, "name": name}, context={"base": file.parent})
-        except ValidationError as exc:
-            report(exc.errors(), ("jobs", name))
-    known = set(data.get("databases") or {}) if isinstance(data.get("databases"), dict) else set()
-    return _check(parsed, jobs, known, file, locate, problems)
+        spec, schedule, found = validate_job(name, job, around)
+        problems += [
+            locate.message(("jobs", name, *path), text)
+            for path, text in found
+            if ("jobs", name, *path) not in unset  # already reported as a missing variable
+        ]
+        if spec is not None:
+            jobs[name], schedules[name] = spec, schedule
+    for name, key, text in chain_problems(jobs):
+        problems.append(locate.message(("jobs", name, key), text))
+    return _check(parsed, jobs, schedules, file, locate, problems)
 
 
 def _salvage(data: dict[str, Any], exc: ValidationError) -> ConfigFile:
@@ -176,72 +182,95 @@ def _salvage(data: dict[str, Any], exc: ValidationError) -> ConfigFile:
         return ConfigFile()
 
 
-def parse_job(name: str, data: dict[str, Any], where: str = "job") -> JobSpec:
-    """Validate one job given as a mapping (Python API); errors name the job and key."""
+Problem = tuple[tuple[str, ...], str]  # (key path within the job, what is wrong)
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """What a job is validated against: the databases, notifiers and default time zone
+    of its config, and the folder its relative paths start from."""
+
+    databases: frozenset[str]
+    notifiers: frozenset[str]
+    timezone: str
+    base: Path
+
+
+def validate_job(
+    name: str, raw: dict[str, Any], around: Surroundings
+) -> tuple[JobSpec | None, Schedule | None, list[Problem]]:
+    """Validate one job's options; every problem found, each with its key.
+
+    The same for a job in a config file and one defined at runtime."""
+    problems: list[Problem] = []
+    spec: JobSpec | None = None
+    if "name" in raw:
+        problems.append((("name",), "unknown key"))
+    else:
+        try:
+            spec = _JOB.validate_python({**raw, "name": name}, context={"base": around.base})
+        except ValidationError as exc:
+            for error in exc.errors():
+                path = _key_path(("jobs", name, *error["loc"]))[2:]
+                if error["type"] == "union_tag_invalid":
+                    path = (*path, "task")
+                problems.append((path, _wording(error)))
+    # Checked on the raw keys too, so a job with other problems still shows these.
+    target, schedule, zone = raw.get("database"), raw.get("schedule"), raw.get("timezone")
+    notifiers = raw.get("notify")
+    for notifier in notifiers if isinstance(notifiers, list) else []:
+        if isinstance(notifier, str) and notifier not in around.notifiers:
+            known = ", ".join(sorted(around.notifiers)) or "none defined"
+            problems.append((("notify",), f"unknown notifier {notifier!r} (notifiers: {known})"))
+    if isinstance(target, str) and target not in around.databases:
+        known = ", ".join(sorted(around.databases)) or "none defined"
+        problems.append((("database",), f"unknown database {target!r} (databases: {known})"))
+    zone = zone if isinstance(zone, str) else around.timezone
+    parsed: Schedule | None = None
     try:
-        job: JobSpec = _JOB.validate_python({**data, "name": name})
-    except ValidationError as exc:
-        problems = [
-            f"{where} {name!r}: {'.'.join(map(str, _key_path(('jobs', name, *error['loc']))[2:]))}"
-            f": {_wording(error)}"
-            for error in exc.errors()
-        ]
-        raise ConfigError(problems) from None
-    return job
+        load_timezone(zone)
+    except ScheduleError as exc:
+        problems.append((("timezone",), str(exc)))
+    else:
+        if isinstance(schedule, str):
+            try:
+                parsed = parse_schedule(schedule, zone)
+            except ScheduleError as exc:
+                problems.append((("schedule",), str(exc)))
+    return (None, None, problems) if problems else (spec, parsed, [])
+
+
+def job_problem(name: str, path: tuple[str, ...], text: str) -> str:
+    """A problem of a job that has no file: ``job 'x', key 'older_than': ...``."""
+    return f"{subject(('jobs', name, *path))}: {text}"
+
+
+def _zone_ok(zone: str) -> bool:
+    try:
+        load_timezone(zone)
+    except ScheduleError:
+        return False
+    return True
 
 
 def _check(
     parsed: ConfigFile,
     jobs: dict[str, JobSpec],
-    known_databases: set[str],
+    schedules: dict[str, Schedule | None],
     file: Path,
     locate: Locator,
     problems: list[str],
 ) -> Config:
-    default_zone = parsed.keeper.timezone
     try:
-        load_timezone(default_zone)
+        load_timezone(parsed.keeper.timezone)
     except ScheduleError as exc:
         problems.append(locate.message(("keeper", "timezone"), str(exc)))
-        default_zone = "UTC"
     databases: dict[str, str] = {}
     for name, database in parsed.databases.items():
         try:
             databases[name] = resolve_url(database.url, file.parent)
         except ValueError as exc:
             problems.append(locate.message(("databases", name, "url"), str(exc)))
-    schedules: dict[str, Schedule | None] = {}
-    for name, raw in parsed.jobs.items():
-        # Checked on the raw keys too, so a job with other problems still shows these.
-        target, schedule, zone = raw.get("database"), raw.get("schedule"), raw.get("timezone")
-        for notifier in raw.get("notify") or []:
-            if isinstance(notifier, str) and notifier not in parsed.notify:
-                known = ", ".join(sorted(parsed.notify)) or "none defined"
-                problems.append(
-                    locate.message(
-                        ("jobs", name, "notify"),
-                        f"unknown notifier {notifier!r} (notifiers: {known})",
-                    )
-                )
-        if isinstance(target, str) and target not in known_databases:
-            known = ", ".join(sorted(known_databases)) or "none defined"
-            problems.append(
-                locate.message(
-                    ("jobs", name, "database"),
-                    f"unknown database {target!r} (databases: {known})",
-                )
-            )
-        zone = zone if isinstance(zone, str) else default_zone
-        try:
-            load_timezone(zone)
-        except ScheduleError as exc:
-            problems.append(locate.message(("jobs", name, "timezone"), str(exc)))
-            continue
-        if isinstance(schedule, str):
-            try:
-                schedules[name] = parse_schedule(schedule, zone)
-            except ScheduleError as exc:
-                problems.append(locate.message(("jobs", name, "schedule"), str(exc)))
     if problems:
         raise ConfigError(sorted(problems, key=locate.line_of_message))
     return Config(
@@ -249,7 +278,7 @@ def _check(
         keeper=parsed.keeper,
         databases=databases,
         jobs=jobs,
-        schedules={name: schedules.get(name) for name in jobs},
+        schedules=schedules,
         notify=dict(parsed.notify),
     )
 
@@ -364,11 +393,15 @@ class Locator:
     def message(self, path: tuple[str, ...], text: str) -> str:
         line = self.line(path)
         where = f"{self.file}:{line}" if line else str(self.file)
-        subject = ".".join(path)
-        if len(path) >= 2 and path[0] == "jobs":
-            rest = ".".join(path[2:])
-            subject = f"job {path[1]!r}" + (f", key {rest!r}" if rest else "")
-        return f"{where}: {subject}: {text}" if subject else f"{where}: {text}"
+        return f"{where}: {subject(path)}: {text}" if path else f"{where}: {text}"
+
+
+def subject(path: tuple[str, ...]) -> str:
+    """What a key path names, for people: ``job 'x', key 'older_than'`` or ``keeper.state``."""
+    if len(path) >= 2 and path[0] == "jobs":
+        rest = ".".join(path[2:])
+        return f"job {path[1]!r}" + (f", key {rest!r}" if rest else "")
+    return ".".join(path)
 
 
 def _split_key(text: str) -> tuple[str, ...]:

@@ -72,6 +72,9 @@ class JobSpec(Strict):
     concurrency: Literal["skip", "queue"] = "skip"
     misfire_grace: Duration = timedelta(hours=1)
     notify: list[str] = Field(default_factory=list)
+    after: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    after_any: bool = False
+    after_failure: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
     @property
     def destructive(self) -> bool:

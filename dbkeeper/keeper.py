@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from dbkeeper import chains as chain_module
 from dbkeeper import config as config_module
 from dbkeeper import jobhealth
+from dbkeeper.catalog import Catalog
+from dbkeeper.chains import Chains
 from dbkeeper.config import Config, KeeperSettings, job_schedule
 from dbkeeper.context import CancelToken, ProgressCallback, RunContext
 from dbkeeper.errors import ConfigError, DbkeeperError, ScheduleError, UnknownJob
 from dbkeeper.jobspec import JobSpec
-from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.models import JobChange, Pause, Run, RunStatus, Trigger
 from dbkeeper.notify import Notifier
 from dbkeeper.restore import restore_archive
 from dbkeeper.runner import Runner
@@ -33,15 +37,23 @@ from dbkeeper.store import StateStore, now
 from dbkeeper.targets import Target
 from dbkeeper.tasks.python import JobFunction, PythonJob
 
+ChainProgress = Callable[[str, float, int | None, str], None]
+CHAIN_POLL = 0.5
+
+
+def _for(progress: ChainProgress | None, job: str) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    return lambda percent, rows, message: progress(job, percent, rows, message)
+
 
 class Keeper:
     """Declared jobs plus the machinery to check, preview, run and schedule them."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.jobs: dict[str, JobSpec] = dict(config.jobs)
-        self.schedules: dict[str, Schedule | None] = dict(config.schedules)
         self.targets = {name: Target(name, url) for name, url in config.databases.items()}
+        self.catalog = Catalog(config, lambda: self.store)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> Keeper:
@@ -75,6 +87,27 @@ class Keeper:
     def notifier(self) -> Notifier:
         return Notifier(self)
 
+    @cached_property
+    def chains(self) -> Chains:
+        return Chains(self)
+
+    @property
+    def jobs(self) -> dict[str, JobSpec]:
+        """Every job: the config file's, Python's and those defined at runtime."""
+        return self.catalog.current.jobs
+
+    @property
+    def schedules(self) -> dict[str, Schedule | None]:
+        return self.catalog.current.schedules
+
+    @property
+    def paused(self) -> dict[str, Pause]:
+        return self.catalog.current.paused
+
+    def refresh(self, *, hold: bool = False) -> bool:
+        """Pick up jobs defined, changed, paused or removed at runtime (by any node)."""
+        return self.catalog.refresh(hold=hold)
+
     def close(self) -> None:
         if "store" in self.__dict__:
             self.store.close()
@@ -94,13 +127,13 @@ class Keeper:
                 spec = PythonJob.for_function(job_name, function, schedule=schedule, **options)
             except Exception as exc:
                 raise ConfigError([f"job {job_name!r}: {exc}"]) from None
-            self.add_job(spec)
+            self._declare(spec)
             return function
 
         return register
 
-    def add_job(self, spec: JobSpec) -> None:
-        if spec.name in self.jobs:
+    def _declare(self, spec: JobSpec) -> None:
+        if spec.name in self.catalog.declared:
             raise ConfigError([f"job {spec.name!r} is defined twice"])
         if spec.database is not None and spec.database not in self.targets:
             raise ConfigError([f"job {spec.name!r}: unknown database {spec.database!r}"])
@@ -108,15 +141,47 @@ class Keeper:
             schedule = job_schedule(spec, self.config.keeper.timezone)
         except ScheduleError as exc:
             raise ConfigError([f"job {spec.name!r}, key 'schedule': {exc}"]) from None
-        self.jobs[spec.name] = spec
-        self.schedules[spec.name] = schedule
+        self.catalog.declare(spec, schedule)
 
     def get(self, name: str) -> JobSpec:
-        try:
-            return self.jobs[name]
-        except KeyError:
-            known = ", ".join(sorted(self.jobs)) or "none"
-            raise UnknownJob(f"no job named {name!r} (jobs: {known})") from None
+        return self.catalog.get(name)
+
+    # -- jobs defined at runtime ------------------------------------------------
+
+    def add_job(self, name: str, *, by: str | None = None, **options: Any) -> JobSpec:
+        """Define a job at runtime, stored in the state store: every node runs it from its
+        next slot, without a restart. Options are those of a config file's job."""
+        spec, _ = self.catalog.define(name, options, by=by, mode="add")
+        return spec
+
+    def set_job(
+        self,
+        name: str,
+        options: dict[str, Any],
+        *,
+        by: str | None = None,
+        replace: bool = False,
+        unset: tuple[str, ...] = (),
+    ) -> JobSpec:
+        """Change a runtime job: some keys (``replace=False``) or all of them; a new
+        schedule takes effect from its next slot."""
+        mode: Literal["replace", "merge"] = "replace" if replace else "merge"
+        spec, _ = self.catalog.define(name, options, by=by, mode=mode, unset=unset)
+        return spec
+
+    def remove_job(self, name: str, *, by: str | None = None) -> int:
+        """Remove a runtime job; its history stays. Returns the queued runs it cancelled."""
+        return self.catalog.remove(name, by=by)
+
+    def pause(self, name: str, *, by: str | None = None, reason: str = "") -> bool:
+        return self.catalog.pause(name, by=by, reason=reason)
+
+    def resume(self, name: str, *, by: str | None = None) -> bool:
+        return self.catalog.resume(name, by=by)
+
+    def changes(self, job: str | None = None, limit: int = 50) -> list[JobChange]:
+        """Who added, changed, paused, resumed or removed jobs, and when; newest first."""
+        return self.store.changes(job, limit)
 
     # -- using jobs -----------------------------------------------------------
 
@@ -125,7 +190,11 @@ class Keeper:
 
     def check(self) -> list[str]:
         """Check every job against its real database; the problems found, each located."""
-        problems = []
+        problems = [
+            f"runtime job {name!r} cannot be loaded: {problem}"
+            for name, found in self.catalog.current.invalid.items()
+            for problem in found
+        ]
         for name, job in self.jobs.items():
             try:
                 job.check(self.context(job))
@@ -134,6 +203,8 @@ class Keeper:
         return problems
 
     def _where(self, job: str) -> str:
+        if self.catalog.current.sources[job] == "runtime":
+            return "runtime job"
         locate = config_module.Locator(self._source(), self.config.path)
         line = locate.line(("jobs", job))
         return f"{self.config.path}:{line}" if line else str(self.config.path)
@@ -152,10 +223,14 @@ class Keeper:
         self,
         name: str,
         *,
+        with_downstream: bool = False,
         on_progress: ProgressCallback | None = None,
         token: CancelToken | None = None,
     ) -> Run:
-        """Run a job now in this thread, recorded like a scheduled run (with its retries)."""
+        """Run a job now in this thread, recorded like a scheduled run (with its retries).
+
+        With ``with_downstream`` its end starts the jobs that come after it (queued for
+        any node; ``run_chain`` runs them here)."""
         job = self.get(name)
         store = self.store
         store.register_jobs([name], now())
@@ -163,34 +238,91 @@ class Keeper:
         try:
             self.reap_orphans()
             run_id, slot, skipped = self._claim_manual(
-                job, RunStatus.RUNNING, node.id, busy=[RunStatus.RUNNING]
+                job, RunStatus.RUNNING, node.id, busy=[RunStatus.RUNNING], chain=with_downstream
             )
             if skipped:
                 found = store.get_run(run_id)
                 assert found is not None
                 return found
-            runner = Runner(
-                store, self.targets, node.id, self.config.keeper.lease, notifier=self.notifier
-            )
             with Heartbeat(store, node.id, self.config.keeper.heartbeat.total_seconds()):
-                return runner.execute(job, run_id, slot, token=token, on_progress=on_progress)
+                return self._runner(node.id).execute(
+                    job,
+                    run_id,
+                    slot,
+                    token=token,
+                    on_progress=on_progress,
+                    with_downstream=with_downstream,
+                )
         finally:
             store.stop_node(node.id)
 
-    def request_run(self, name: str) -> Run:
+    def run_chain(self, name: str, *, on_progress: ChainProgress | None = None) -> Iterator[Run]:
+        """Run a job and then, here in the foreground, every run its chain starts, in
+        order; yields each run as it ends. A downstream run another node took first is
+        waited for. A failed step starts nothing after it."""
+        follow = [self.run(name, with_downstream=True, on_progress=_for(on_progress, name))]
+        node = self.store.register_node("run")
+        try:
+            with Heartbeat(self.store, node.id, self.config.keeper.heartbeat.total_seconds()):
+                while follow:
+                    ended = follow.pop(0)
+                    yield ended
+                    for started in self.store.runs(upstream_run=ended.id, oldest_first=True):
+                        follow.append(self._run_queued(started, node.id, on_progress))
+        finally:
+            self.store.stop_node(node.id)
+
+    def _run_queued(self, run: Run, node: str, on_progress: ChainProgress | None) -> Run:
+        """Run a queued run here, or wait for the node that took it first."""
+        job = self.jobs.get(run.job)
+        if job is not None and self.store.start_queued(run.id, node):
+            return self._runner(node).execute(
+                job,
+                run.id,
+                run.scheduled_for,
+                attempt=run.attempt,
+                on_progress=_for(on_progress, run.job),
+                with_downstream=run.with_downstream,
+            )
+        while not run.status.final:
+            time.sleep(CHAIN_POLL)
+            found = self.store.get_run(run.id)
+            assert found is not None
+            run = found
+        return run
+
+    def _runner(self, node: str) -> Runner:
+        return Runner(
+            self.store,
+            self.targets,
+            node,
+            self.config.keeper.lease,
+            notifier=self.notifier,
+            chains=self.chains,
+        )
+
+    def request_run(self, name: str, *, with_downstream: bool = False) -> Run:
         """Queue a run of a job now (HTTP ``POST /api/jobs/{name}/run``): a scheduler node
         picks it up like any queued run. With ``concurrency = "skip"`` and a run still
         going, the request is recorded as skipped instead."""
         job = self.get(name)
         self.store.register_jobs([name], now())
         busy = [RunStatus.RUNNING, RunStatus.QUEUED]
-        run_id, _, _ = self._claim_manual(job, RunStatus.QUEUED, None, busy=busy)
+        run_id, _, _ = self._claim_manual(
+            job, RunStatus.QUEUED, None, busy=busy, chain=with_downstream
+        )
         queued = self.store.get_run(run_id)
         assert queued is not None
         return queued
 
     def _claim_manual(
-        self, job: JobSpec, status: RunStatus, node: str | None, *, busy: list[RunStatus]
+        self,
+        job: JobSpec,
+        status: RunStatus,
+        node: str | None,
+        *,
+        busy: list[RunStatus],
+        chain: bool,
     ) -> tuple[int, datetime, bool]:
         """Record a manual run of ``job`` now with ``status`` or, when the job skips
         overlapping runs and one of its runs is in a ``busy`` status, as skipped. Returns
@@ -205,6 +337,7 @@ class Keeper:
             trigger=Trigger.MANUAL,
             node=node,
             error=f"run {previous[0].id} of this job is still running" if skipped else None,
+            with_downstream=chain,
         )
         if run_id is None:
             raise DbkeeperError(f"could not record a run of {job.name!r}")
@@ -270,9 +403,10 @@ class Keeper:
         states = store.job_states()
         last = store.last_runs()
         running = store.runs(status=[RunStatus.RUNNING], limit=None)
+        current = self.catalog.current
         rows = []
-        for name, job in self.jobs.items():
-            schedule = self.schedules.get(name)
+        for name, job in current.jobs.items():
+            schedule = current.schedules.get(name)
             verdict = jobhealth.judge(
                 job,
                 schedule,
@@ -281,17 +415,24 @@ class Keeper:
                 [run for run in running if run.job == name],
                 moment,
             )
+            pause = current.paused.get(name)
             rows.append(
                 {
                     "name": name,
                     "task": job.task,
                     "database": job.database,
                     "description": job.description,
+                    "source": current.sources[name],
                     "enabled": job.enabled,
+                    "paused": pause.to_dict() if pause else None,
                     "schedule": job.schedule,
-                    "schedule_words": schedule.describe() if schedule else "manual only",
+                    "schedule_words": _when_it_runs(job, schedule),
                     "timezone": schedule.timezone.key if schedule else None,
                     "next_run": (schedule.next_after(moment) if schedule and job.enabled else None),
+                    "after": job.after,
+                    "after_any": job.after_any,
+                    "after_failure": job.after_failure,
+                    "downstream": chain_module.downstream(current.jobs, name),
                     "last_run": last[name].to_dict() if name in last else None,
                     "health": verdict.health.value,
                     "health_reason": verdict.reason,
@@ -321,6 +462,15 @@ class Keeper:
         return restore_archive(self.targets[database], table, path)
 
     def history(self, job: str | None = None, limit: int = 50) -> list[Run]:
-        if job is not None:
-            self.get(job)
-        return self.store.runs(job=job, limit=limit)
+        """Past runs, newest first; a removed job's runs too."""
+        found = self.store.runs(job=job, limit=limit)
+        if job is not None and not found and not self.store.changes(job, 1):
+            self.get(job)  # an unknown name: say so, with the names there are
+        return found
+
+
+def _when_it_runs(job: JobSpec, schedule: Schedule | None) -> str:
+    words = [schedule.describe()] if schedule else []
+    if chained := chain_module.describe(job):
+        words.append(chained)
+    return "; ".join(words) or "manual only"

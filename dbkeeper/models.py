@@ -32,6 +32,7 @@ class Trigger(enum.StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"
     RETRY = "retry"
+    UPSTREAM = "upstream"  # started by the success (or failure) of a job it comes after
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,8 @@ class Run:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     node: str | None = None
+    upstream_run: int | None = None  # the run whose end started this one
+    with_downstream: bool = True  # whether its end starts the jobs that come after it
 
     @property
     def duration(self) -> float | None:
@@ -74,6 +77,8 @@ class Run:
             "result": self.result,
             "error": self.error,
             "node": self.node,
+            "upstream_run": self.upstream_run,
+            "with_downstream": self.with_downstream,
         }
 
 
@@ -83,6 +88,50 @@ class JobState:
     cursor: datetime | None
     consecutive_failures: int
     last_status: RunStatus | None
+    paused: Pause | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause:
+    at: datetime
+    by: str
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "by": self.by, "reason": self.reason}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobDefinition:
+    """A job defined at runtime (API, ``dbkeeper job``, ``keeper.add_job``): its options
+    exactly as given, validated by every node that loads them."""
+
+    name: str
+    options: dict[str, Any]
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobChange:
+    """One entry of a job's change log: added, changed, removed, paused, resumed."""
+
+    job: str
+    at: datetime
+    action: str
+    by: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "at": self.at.isoformat(),
+            "action": self.action,
+            "by": self.by,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

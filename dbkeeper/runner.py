@@ -24,6 +24,7 @@ from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.units import format_duration
 
 if TYPE_CHECKING:
+    from dbkeeper.chains import Chains
     from dbkeeper.jobspec import JobSpec
     from dbkeeper.notify import Notifier
     from dbkeeper.store import StateStore
@@ -53,6 +54,7 @@ class Runner:
         lease: timedelta,
         stopping: threading.Event | None = None,
         notifier: Notifier | None = None,
+        chains: Chains | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -60,6 +62,7 @@ class Runner:
         self.lease = lease
         self.stopping = stopping or threading.Event()
         self.notifier = notifier
+        self.chains = chains
 
     def execute(
         self,
@@ -71,18 +74,20 @@ class Runner:
         token: CancelToken | None = None,
         on_progress: ProgressCallback | None = None,
         on_attempt: Callable[[int], None] | None = None,
+        with_downstream: bool = True,
     ) -> Run:
-        """Run ``run_id`` (already claimed) and its retries; returns the last attempt's run."""
+        """Run ``run_id`` (already claimed) and its retries; returns the last attempt's run.
+
+        With ``with_downstream``, the final attempt's end starts the jobs after it."""
         while True:
             token = token or CancelToken()
             result = self._attempt(job, run_id, scheduled_for, attempt, token, on_progress)
-            self.store.finish(
-                run_id,
-                result.status,
-                rows_affected=result.outcome.rows_affected,
-                result=result.outcome.recorded(),
-                error=result.error,
+            will_retry = (
+                result.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+                and attempt <= job.retries
+                and not self.stopping.is_set()
             )
+            self._record(job, run_id, result, chained=with_downstream and not will_retry)
             log.info(
                 "run %s of %s %s%s",
                 run_id,
@@ -90,9 +95,7 @@ class Runner:
                 result.status.value,
                 f": {result.error}" if result.error else "",
             )
-            if result.status not in (RunStatus.FAILED, RunStatus.TIMED_OUT):
-                break
-            if attempt > job.retries or self.stopping.is_set():
+            if not will_retry:
                 break
             delay = min(job.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
             log.info("retrying %s in %s", job.name, format_duration(delay))
@@ -106,6 +109,7 @@ class Runner:
                 status=RunStatus.RUNNING,
                 trigger=Trigger.RETRY,
                 node=self.node,
+                with_downstream=with_downstream,
             )
             if retry_id is None:
                 break
@@ -117,6 +121,28 @@ class Runner:
         if self.notifier is not None:
             self.notifier.run_finished(job, final)
         return final
+
+    def _record(self, job: JobSpec, run_id: int, result: Attempt, *, chained: bool) -> None:
+        """Record an attempt's end and, for a chain's final attempt, start the jobs after it
+        (in one transaction: an end is never recorded without the runs it starts)."""
+        recorded = result.outcome.recorded()
+        chains = self.chains if chained else None
+        with self.store.transaction():
+            starting = chains.hold(job.name, result.status) if chains else []
+            if chains and result.status is not RunStatus.SUCCEEDED:
+                if stopped := chains.stopped(job.name):
+                    recorded = {**recorded, "chain_stopped": stopped}
+            self.store.finish(
+                run_id,
+                result.status,
+                rows_affected=result.outcome.rows_affected,
+                result=recorded,
+                error=result.error,
+            )
+            if chains and starting:
+                ended = self.store.get_run(run_id)
+                assert ended is not None
+                chains.start(ended, starting)
 
     def _attempt(
         self,

@@ -32,7 +32,9 @@ log = logging.getLogger("dbkeeper.scheduler")
 
 # Past this many missed slots in one look, the oldest are summarised in one record.
 MISSED_RECORD_LIMIT = 100
-IDLE_WAKE = timedelta(minutes=5)
+# How often a sleeping scheduler looks for jobs changed and runs queued by other nodes.
+POLL = timedelta(seconds=2)
+STALLED_AFTER = timedelta(minutes=1)
 PRUNE_EVERY = timedelta(hours=1)
 RETRY_CLAIMS = timedelta(seconds=5)
 
@@ -43,6 +45,7 @@ class Claimed:
     run_id: int
     scheduled_for: datetime
     attempt: int = 1
+    with_downstream: bool = True
 
 
 class Scheduler:
@@ -58,6 +61,7 @@ class Scheduler:
             keeper.config.keeper.lease,
             self.stopping,
             keeper.notifier,
+            keeper.chains,
         )
         self._wake = threading.Event()
         self._tokens: dict[int, CancelToken] = {}
@@ -71,8 +75,11 @@ class Scheduler:
     def claim_due(self, moment: datetime) -> list[Claimed]:
         """Claim every due slot of every enabled scheduled job; return those to run here.
 
-        All of a look's claims and cursor moves commit together, in one transaction."""
+        All of a look's claims and cursor moves commit together, in one transaction, which
+        holds the version of the runtime jobs it claims for: no slot of a job is claimed
+        under a definition that has changed."""
         with self.store.transaction():
+            self.keeper.refresh(hold=True)
             claimed = self._claim_slots(moment)
         return claimed + self._claim_queued(self._running_jobs())
 
@@ -87,9 +94,13 @@ class Scheduler:
         for name, schedule in sorted(self.keeper.schedules.items()):
             job = self.keeper.jobs[name]
             state = states.get(name)
-            if schedule is None or not job.enabled or state is None:
+            if schedule is None or state is None:
                 continue
             slots = list(schedule.slots(state.cursor or moment, moment))
+            if not job.enabled:  # paused or disabled: its slots pass, unrecorded
+                if slots:
+                    self.store.advance_cursor(name, slots[-1])
+                continue
             late = [slot for slot in slots if moment - slot > job.misfire_grace]
             self._record_missed(name, late, moment, job.misfire_grace)
             for slot in slots[len(late) :]:
@@ -158,7 +169,9 @@ class Scheduler:
             if run.job in running or run.job not in self.keeper.jobs:
                 continue
             if self.store.start_queued(run.id, self.node.id):
-                claimed.append(Claimed(run.job, run.id, run.scheduled_for, run.attempt))
+                claimed.append(
+                    Claimed(run.job, run.id, run.scheduled_for, run.attempt, run.with_downstream)
+                )
                 running.add(run.job)
         return claimed
 
@@ -175,6 +188,7 @@ class Scheduler:
                 claimed.scheduled_for,
                 attempt=claimed.attempt,
                 token=token,
+                with_downstream=claimed.with_downstream,
             )
         finally:
             with self._lock:
@@ -244,7 +258,7 @@ class Scheduler:
             for name, schedule in self.keeper.schedules.items()
             if schedule is not None and self.keeper.jobs[name].enabled
         ]
-        wake = min([*upcoming, moment + IDLE_WAKE])
+        wake = min([*upcoming, moment + POLL])
         return max(0.0, (wake - moment).total_seconds()) + 0.001
 
     def stop(self) -> None:
@@ -258,7 +272,7 @@ class Scheduler:
     @property
     def looping(self) -> bool:
         """Whether the loop of ``serve`` is running and has looked for work recently."""
-        return not self.stopping.is_set() and now() - self.last_loop < IDLE_WAKE * 2
+        return not self.stopping.is_set() and now() - self.last_loop < STALLED_AFTER
 
     def _heartbeat(self) -> Heartbeat:
         interval = self.keeper.config.keeper.heartbeat.total_seconds()

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    cast,
     create_engine,
     delete,
     event,
@@ -40,20 +42,31 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from dbkeeper.errors import DbkeeperError
-from dbkeeper.models import JobState, Node, Run, RunStatus, Trigger
+from dbkeeper.models import (
+    JobChange,
+    JobDefinition,
+    JobState,
+    Node,
+    Pause,
+    Run,
+    RunStatus,
+    Trigger,
+)
 from dbkeeper.targets import SQLITE_BUSY_TIMEOUT_MS
 from dbkeeper.version import __version__
 
-SCHEMA_VERSION = 2  # 2: notices
+SCHEMA_VERSION = 3  # 2: notices; 3: chains, runtime jobs, pauses
 # The PostgreSQL advisory lock key serialising migrations ("dbkeeper" in ASCII).
 MIGRATION_LOCK = 0x64626B6565706572
 
@@ -95,6 +108,9 @@ jobs_table = Table(
     Column("consecutive_failures", Integer, nullable=False, default=0),
     Column("last_status", String(20)),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("paused_at", UTCDateTime),
+    Column("paused_by", String(200)),
+    Column("pause_reason", Text),
 )
 runs_table = Table(
     "dbkeeper_runs",
@@ -113,10 +129,47 @@ runs_table = Table(
     Column("result", JSON),
     Column("error", Text),
     Column("node", String(200)),
+    Column("upstream_run", Id),
+    Column("with_downstream", Boolean, nullable=False, server_default=true()),
     UniqueConstraint("job", "scheduled_for", "attempt", name="dbkeeper_runs_slot"),
     Index("dbkeeper_runs_status", "status"),
     Index("dbkeeper_runs_finished", "finished_at"),
+    # One run of a job per upstream run: however many nodes see it end.
+    Index("dbkeeper_runs_upstream", "job", "upstream_run", unique=True),
 )
+definitions_table = Table(
+    "dbkeeper_job_definitions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("options", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("updated_by", String(200), nullable=False),
+)
+changes_table = Table(
+    "dbkeeper_job_changes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job", String(200), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("by", String(200), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("dbkeeper_job_changes_job", "job", "id"),
+)
+# Columns added to existing tables, by the schema version that added them.
+ADDED_COLUMNS = {
+    3: [
+        runs_table.c.upstream_run,
+        runs_table.c.with_downstream,
+        jobs_table.c.paused_at,
+        jobs_table.c.paused_by,
+        jobs_table.c.pause_reason,
+    ],
+}
+ADDED_INDEXES = {3: [i for i in runs_table.indexes if i.name == "dbkeeper_runs_upstream"]}
+JOBS_VERSION = "jobs_version"  # bumped by every runtime change to the set of jobs
 nodes_table = Table(
     "dbkeeper_nodes",
     metadata,
@@ -287,11 +340,22 @@ class StateStore:
                     insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
                 )
             elif version < SCHEMA_VERSION:  # create_all added the newer tables
+                self._add_columns(conn, version)
                 conn.execute(
                     update(meta_table)
                     .where(meta_table.c.key == "schema_version")
                     .values(value=str(SCHEMA_VERSION))
                 )
+            conn.execute(self._insert_new(meta_table, key=JOBS_VERSION, value="0"))
+
+    @staticmethod
+    def _add_columns(conn: Connection, version: int) -> None:
+        for added in range(version + 1, SCHEMA_VERSION + 1):
+            for column in ADDED_COLUMNS.get(added, []):
+                definition = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {definition}")
+            for index in ADDED_INDEXES.get(added, []):
+                index.create(conn, checkfirst=True)
 
     def schema_version(self) -> int:
         with self.reading() as conn:
@@ -322,9 +386,150 @@ class StateStore:
                 cursor=row.cursor,
                 consecutive_failures=row.consecutive_failures,
                 last_status=RunStatus(row.last_status) if row.last_status else None,
+                paused=(
+                    Pause(at=row.paused_at, by=row.paused_by or "", reason=row.pause_reason or "")
+                    if row.paused_at
+                    else None
+                ),
             )
             for row in rows
         }
+
+    def restart_cursor(self, conn: Connection, job: str, at: datetime) -> None:
+        """Start a job's schedule afresh from ``at`` (new, changed or resumed: no catch-up)."""
+        conn.execute(
+            self._insert_new(jobs_table, name=job, cursor=at, consecutive_failures=0, updated_at=at)
+        )
+        conn.execute(
+            update(jobs_table).where(jobs_table.c.name == job).values(cursor=at, updated_at=at)
+        )
+
+    def lock_jobs(self, names: Sequence[str]) -> None:
+        """Hold these jobs' rows until the transaction ends (in name order: no deadlock)."""
+        if self.sqlite:  # the write transaction already holds the whole database
+            return
+        with self.transaction() as conn:
+            conn.execute(
+                select(jobs_table.c.name)
+                .where(jobs_table.c.name.in_(sorted(names)))
+                .order_by(jobs_table.c.name)
+                .with_for_update()
+            ).all()
+
+    # -- runtime job definitions ----------------------------------------------
+
+    def jobs_version(self, *, hold: bool = False) -> int:
+        """The version of the runtime set of jobs. ``hold`` (inside a transaction) keeps
+        changes out until it ends, so claims made under it use the current definitions."""
+        query = select(meta_table.c.value).where(meta_table.c.key == JOBS_VERSION)
+        if hold and not self.sqlite:
+            query = query.with_for_update(read=True)
+        with self.reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def definitions(self) -> list[JobDefinition]:
+        with self.reading() as conn:
+            rows = conn.execute(select(definitions_table).order_by(definitions_table.c.name))
+            return [
+                JobDefinition(
+                    name=row.name,
+                    options=dict(row.options),
+                    created_at=row.created_at,
+                    created_by=row.created_by,
+                    updated_at=row.updated_at,
+                    updated_by=row.updated_by,
+                )
+                for row in rows
+            ]
+
+    @contextmanager
+    def changing_jobs(self) -> Iterator[Connection]:
+        """A transaction that changes the set of jobs: one at a time across nodes, and
+        every node sees the new version."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(meta_table)
+                .where(meta_table.c.key == JOBS_VERSION)
+                .values(value=cast(cast(meta_table.c.value, BigInteger) + 1, Text))
+            )
+            yield conn
+
+    def put_definition(
+        self, conn: Connection, name: str, options: dict[str, Any], by: str, *, new: bool
+    ) -> None:
+        moment = now()
+        if new:
+            conn.execute(
+                insert(definitions_table).values(
+                    name=name,
+                    options=options,
+                    created_at=moment,
+                    created_by=by,
+                    updated_at=moment,
+                    updated_by=by,
+                )
+            )
+        else:
+            conn.execute(
+                update(definitions_table)
+                .where(definitions_table.c.name == name)
+                .values(options=options, updated_at=moment, updated_by=by)
+            )
+        self.restart_cursor(conn, name, moment)
+
+    def delete_definition(self, conn: Connection, name: str) -> int:
+        """Remove a runtime job; its queued runs are cancelled, its history kept."""
+        conn.execute(delete(definitions_table).where(definitions_table.c.name == name))
+        return int(
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.job == name, runs_table.c.status == RunStatus.QUEUED.value)
+                .values(
+                    status=RunStatus.CANCELLED.value,
+                    finished_at=now(),
+                    error="the job was removed",
+                )
+            ).rowcount
+        )
+
+    def set_pause(self, conn: Connection, name: str, pause: Pause | None) -> None:
+        moment = now()
+        conn.execute(
+            self._insert_new(
+                jobs_table, name=name, cursor=moment, consecutive_failures=0, updated_at=moment
+            )
+        )
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.name == name)
+            .values(
+                paused_at=pause.at if pause else None,
+                paused_by=pause.by if pause else None,
+                pause_reason=pause.reason if pause else None,
+                updated_at=moment,
+            )
+        )
+        if pause is None:
+            self.restart_cursor(conn, name, moment)
+
+    def record_change(
+        self, conn: Connection, job: str, action: str, by: str, detail: dict[str, Any]
+    ) -> None:
+        conn.execute(
+            insert(changes_table).values(job=job, at=now(), action=action, by=by, detail=detail)
+        )
+
+    def changes(self, job: str | None = None, limit: int | None = 50) -> list[JobChange]:
+        query = select(changes_table).order_by(changes_table.c.id.desc()).limit(limit)
+        if job is not None:
+            query = query.where(changes_table.c.job == job)
+        with self.reading() as conn:
+            return [
+                JobChange(
+                    job=row.job, at=row.at, action=row.action, by=row.by, detail=dict(row.detail)
+                )
+                for row in conn.execute(query)
+            ]
 
     def advance_cursor(self, job: str, to: datetime) -> None:
         with self.transaction() as conn:
@@ -347,8 +552,11 @@ class StateStore:
         node: str | None,
         attempt: int = 1,
         error: str | None = None,
+        upstream_run: int | None = None,
+        with_downstream: bool = True,
     ) -> int | None:
-        """Insert the run for a slot; None if another process already holds that slot."""
+        """Insert the run for a slot (or for an upstream run); None if another process
+        already holds it."""
         moment = now()
         values: dict[str, Any] = {
             "job": job,
@@ -360,6 +568,8 @@ class StateStore:
             "progress": 0.0,
             "node": node,
             "error": error,
+            "upstream_run": upstream_run,
+            "with_downstream": with_downstream,
         }
         if status is RunStatus.RUNNING:
             values["started_at"] = moment
@@ -442,10 +652,13 @@ class StateStore:
         status: Sequence[RunStatus] = (),
         limit: int | None = 50,
         oldest_first: bool = False,
+        upstream_run: int | None = None,
     ) -> list[Run]:
         query = select(runs_table)
         if job:
             query = query.where(runs_table.c.job == job)
+        if upstream_run is not None:
+            query = query.where(runs_table.c.upstream_run == upstream_run)
         if status:
             query = query.where(runs_table.c.status.in_([s.value for s in status]))
         order = (runs_table.c.id.asc(),) if oldest_first else (runs_table.c.id.desc(),)
@@ -496,6 +709,28 @@ class StateStore:
         with self.reading() as conn:
             return {str(job): moment for job, moment in conn.execute(query) if moment}
 
+    def last_triggered(self, job: str) -> datetime | None:
+        """When ``job`` was last started by a job it comes after."""
+        query = select(func.max(runs_table.c.created_at)).where(
+            runs_table.c.job == job, runs_table.c.trigger == Trigger.UPSTREAM.value
+        )
+        with self.reading() as conn:
+            moment: datetime | None = conn.execute(query).scalar()
+        return moment
+
+    def succeeded_since(self, jobs: Sequence[str], since: datetime | None) -> set[str]:
+        """Which of ``jobs`` have a chained run (one that starts downstream jobs) that
+        succeeded after ``since``."""
+        query = select(runs_table.c.job).where(
+            runs_table.c.job.in_(jobs),
+            runs_table.c.status == RunStatus.SUCCEEDED.value,
+            runs_table.c.with_downstream.is_(True),
+        )
+        if since is not None:
+            query = query.where(runs_table.c.finished_at > since)
+        with self.reading() as conn:
+            return {str(job) for job in conn.execute(query.distinct()).scalars()}
+
     def prune(self, before: datetime) -> int:
         """Delete finished runs and health reports older than ``before``."""
         with self.transaction() as conn:
@@ -507,6 +742,7 @@ class StateStore:
             ).rowcount
             conn.execute(delete(health_table).where(health_table.c.taken_at < before))
             conn.execute(delete(notices_table).where(notices_table.c.sent_at < before))
+            conn.execute(delete(changes_table).where(changes_table.c.at < before))
             conn.execute(
                 delete(nodes_table).where(
                     or_(
@@ -737,4 +973,6 @@ def _run(row: Any) -> Run:
         result=row.result or {},
         error=row.error,
         node=row.node,
+        upstream_run=row.upstream_run,
+        with_downstream=bool(row.with_downstream),
     )

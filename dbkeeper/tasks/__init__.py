@@ -18,17 +18,6 @@ from dbkeeper.tasks.python import PythonJob
 from dbkeeper.tasks.sql import SqlJob
 from dbkeeper.tasks.vacuum import VacuumJob
 
-_ALL = (
-    PurgeJob,
-    VacuumJob,
-    OptimizeJob,
-    HealthJob,
-    SqlJob,
-    BackfillJob,
-    CommandJob,
-    FilesJob,
-    PythonJob,
-)
 AnyJob = Annotated[
     PurgeJob
     | VacuumJob
