@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -23,7 +23,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from dbkeeper.errors import DbkeeperError, UnknownJob
+from dbkeeper.catalog import DefineMode, ReadOnlyJob
+from dbkeeper.errors import ConfigError, DbkeeperError, UnknownJob
 from dbkeeper.metrics import render_metrics
 from dbkeeper.models import RunStatus
 from dbkeeper.version import __version__
@@ -98,6 +99,14 @@ def create_app(keeper: "Keeper", scheduler: "Scheduler | None", *, loopback: boo
     async def unknown(_: Request, exc: UnknownJob) -> JSONResponse:
         return _error(404, str(exc))
 
+    @app.exception_handler(ConfigError)
+    async def invalid(_: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "problems": exc.problems}, status_code=422)
+
+    @app.exception_handler(ReadOnlyJob)
+    async def read_only(_: Request, exc: ReadOnlyJob) -> JSONResponse:
+        return _error(403, str(exc))
+
     @app.exception_handler(DbkeeperError)
     async def refused(_: Request, exc: DbkeeperError) -> JSONResponse:
         return _error(409, str(exc))
@@ -106,6 +115,42 @@ def create_app(keeper: "Keeper", scheduler: "Scheduler | None", *, loopback: boo
         return keeper.get(name).name
 
     Job = Annotated[str, Depends(job_name)]
+    NewName = Annotated[str, PathParam(min_length=1, max_length=200)]
+    By = Annotated[
+        str | None, Query(max_length=100, description="Who makes the change, for the change log")
+    ]
+    Options = Annotated[
+        dict[str, Any],
+        Body(
+            description="The job's keys, as in a config file's [jobs.NAME] table",
+            examples=[
+                {
+                    "task": "purge",
+                    "database": "app",
+                    "table": "logs",
+                    "column": "created_at",
+                    "older_than": "30d",
+                    "schedule": "0 3 * * *",
+                }
+            ],
+        ),
+    ]
+
+    def actor(request: Request, by: str | None) -> str:
+        client = request.client.host if request.client else "?"
+        return f"{by or 'api'} (api from {client})"
+
+    def changed(name: str) -> Any:
+        if scheduler is not None:
+            scheduler.wake()
+        return jsonable_encoder(keeper.describe(name))
+
+    def define(
+        request: Request, name: str, options: dict[str, Any], by: str | None, mode: DefineMode
+    ) -> tuple[Any, bool]:
+        tasks = keeper.config.keeper.http.job_tasks
+        _, new = keeper.define_job(name, options, by=actor(request, by), mode=mode, tasks=tasks)
+        return changed(name), new
 
     @app.get("/api/status", summary="Jobs with their health, nodes and runs in flight")
     def status() -> Any:
@@ -115,17 +160,65 @@ def create_app(keeper: "Keeper", scheduler: "Scheduler | None", *, loopback: boo
     def jobs() -> Any:
         return jsonable_encoder(keeper.overview())
 
-    @app.get("/api/jobs/{name}", summary="One job: settings, health and recent runs")
+    @app.get("/api/jobs/{name}", summary="One job: settings, health, recent runs and changes")
     def job(name: Job) -> Any:
-        [row] = [row for row in keeper.overview() if row["name"] == name]
-        spec = keeper.get(name)
-        return jsonable_encoder(
-            {
-                **row,
-                "settings": spec.model_dump(mode="json"),
-                "runs": [run.to_dict() for run in keeper.history(name, limit=20)],
-            }
-        )
+        return jsonable_encoder(keeper.describe(name))
+
+    @app.post(
+        "/api/jobs/{name}",
+        status_code=201,
+        dependencies=[Depends(require_token)],
+        summary="Define a job at runtime (every node runs it from its next slot)",
+    )
+    def add_job(request: Request, name: NewName, options: Options, by: By = None) -> Any:
+        return define(request, name, options, by, "add")[0]
+
+    @app.put(
+        "/api/jobs/{name}",
+        dependencies=[Depends(require_token)],
+        summary="Replace (or create) a runtime job; config file jobs are read-only",
+        responses={201: {"description": "Created"}},
+    )
+    def put_job(
+        request: Request, response: Response, name: NewName, options: Options, by: By = None
+    ) -> Any:
+        body, new = define(request, name, options, by, "replace")
+        response.status_code = 201 if new else 200
+        return body
+
+    @app.delete(
+        "/api/jobs/{name}",
+        dependencies=[Depends(require_token)],
+        summary="Remove a runtime job; its history stays",
+    )
+    def remove_job(request: Request, name: NewName, by: By = None) -> Any:
+        cancelled = keeper.remove_job(name, by=actor(request, by))
+        if scheduler is not None:
+            scheduler.wake()
+        return {"removed": name, "queued_runs_cancelled": cancelled}
+
+    @app.post(
+        "/api/jobs/{name}/pause",
+        dependencies=[Depends(require_token)],
+        summary="Pause any job: its slots pass unrun, chains stop at it",
+    )
+    def pause(
+        request: Request,
+        name: Job,
+        reason: Annotated[str, Query(max_length=500)] = "",
+        by: By = None,
+    ) -> Any:
+        keeper.pause(name, by=actor(request, by), reason=reason)
+        return changed(name)
+
+    @app.post(
+        "/api/jobs/{name}/resume",
+        dependencies=[Depends(require_token)],
+        summary="Resume a paused job from its next slot",
+    )
+    def resume(request: Request, name: Job, by: By = None) -> Any:
+        keeper.resume(name, by=actor(request, by))
+        return changed(name)
 
     @app.get("/api/jobs/{name}/preview", summary="What the job would do now, changing nothing")
     def preview(name: Job) -> Any:
@@ -137,8 +230,13 @@ def create_app(keeper: "Keeper", scheduler: "Scheduler | None", *, loopback: boo
         dependencies=[Depends(require_token)],
         summary="Queue a run now; it is recorded like any other",
     )
-    async def run_now(name: Job) -> Any:
-        run = await run_in_threadpool(keeper.request_run, name)
+    async def run_now(
+        name: Job,
+        with_downstream: Annotated[
+            bool, Query(description="Its end starts the jobs that come after it")
+        ] = False,
+    ) -> Any:
+        run = await run_in_threadpool(keeper.request_run, name, with_downstream=with_downstream)
         if scheduler is not None:
             scheduler.wake()
         return {"run_id": run.id, "status": run.status.value, "url": f"/api/runs/{run.id}"}
@@ -149,9 +247,7 @@ def create_app(keeper: "Keeper", scheduler: "Scheduler | None", *, loopback: boo
         status: Annotated[RunStatus | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> Any:
-        if job is not None:
-            keeper.get(job)
-        found = keeper.store.runs(job=job, status=[status] if status else [], limit=limit)
+        found = keeper.history(job, limit, status=[status] if status else [])
         return [run.to_dict() for run in found]
 
     @app.get("/api/runs/{run_id}", summary="One run")

@@ -32,6 +32,7 @@ log = logging.getLogger("dbkeeper.catalog")
 
 RUNTIME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 Source = Literal["config", "python", "runtime"]
+DefineMode = Literal["add", "replace", "merge"]
 
 
 class ReadOnlyJob(DbkeeperError):
@@ -170,13 +171,15 @@ class Catalog:
         options: dict[str, Any],
         *,
         by: str | None = None,
-        mode: Literal["add", "replace", "merge"] = "add",
+        mode: DefineMode = "add",
         unset: tuple[str, ...] = (),
         tasks: tuple[str, ...] | None = None,
+        check: Callable[[JobSpec], None] | None = None,
     ) -> tuple[JobSpec, bool]:
         """Add (``add``), replace or create (``replace``) or update some keys of (``merge``)
-        a runtime job. ``tasks`` limits the tasks it may have. Returns the job and whether it
-        is new. Invalid options raise ConfigError with the messages a config file gets."""
+        a runtime job. ``tasks`` limits the tasks it may have; ``check`` checks it against
+        its database. Returns the job and whether it is new. Invalid options raise
+        ConfigError with the messages a config file (and ``dbkeeper check``) gives."""
         self._writable(name)
         store = self.store
         with store.changing_jobs() as conn:
@@ -206,6 +209,11 @@ class Catalog:
                     ((key if job == name else "after",), text)
                     for job, key, text in chain_problems({**others, name: spec})
                 ]
+            if spec is not None and not problems and check is not None:
+                try:
+                    check(spec)
+                except DbkeeperError as exc:
+                    problems = [((), str(exc))]
             if problems:
                 raise ConfigError([job_problem(name, path, text) for path, text in problems])
             store.put_definition(conn, name, options, self.actor(by), new=existing is None)

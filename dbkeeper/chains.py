@@ -124,7 +124,7 @@ class Chains:
             if not job.enabled:
                 error = "the job is paused" if name in self.keeper.paused else "the job is disabled"
             elif busy and job.concurrency == "skip":
-                error = f"run {busy[0].id} of this job is still running"
+                error = f"run {busy[0].id} of this job is still {busy[0].status.value}"
             store.claim(
                 name,
                 now(),

@@ -5,21 +5,24 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from dbkeeper import logs, output, systemd
 from dbkeeper.config import default_path
 from dbkeeper.errors import DbkeeperError
-from dbkeeper.keeper import Keeper
-from dbkeeper.models import Run, RunStatus
+from dbkeeper.keeper import ChainProgress, Keeper
+from dbkeeper.models import JobChange, Run, RunStatus
 from dbkeeper.schedule import parse_schedule
 from dbkeeper.units import format_size
 from dbkeeper.version import __version__
@@ -418,8 +421,13 @@ def restore_archive(
     output.key_values(f"restored into {database}.{table}", list(result.items()))
 
 
-def _progress_bar() -> Progress:
-    return Progress(
+@contextmanager
+def _progress(show: bool) -> Iterator[ChainProgress | None]:
+    """A progress bar per job on stderr (when it is a terminal), fed by the callback given."""
+    if not show:
+        yield None
+        return
+    bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
@@ -428,11 +436,25 @@ def _progress_bar() -> Progress:
         console=output.errors,
         transient=True,
     )
+    tasks: dict[str, TaskID] = {}
+
+    def update(job: str, percent: float, rows: int | None, _message: str) -> None:
+        if job not in tasks:
+            tasks[job] = bars.add_task(job, total=100, rows="")
+        bars.update(tasks[job], completed=percent, rows=f"{rows} rows" if rows else "")
+
+    with bars:
+        yield update
 
 
 @main.command()
 @click.argument("names", metavar="JOB...", nargs=-1)
 @click.option("--all", "run_all", is_flag=True, help="Run every job, in config order.")
+@click.option(
+    "--with-downstream",
+    is_flag=True,
+    help="Then run, here and in order, the jobs that come after it (`after`, `after_failure`).",
+)
 @config_option
 @json_option
 @click.pass_context
@@ -440,6 +462,7 @@ def run(
     ctx: click.Context,
     names: tuple[str, ...],
     run_all: bool,
+    with_downstream: bool,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -448,6 +471,7 @@ def run(
     \b
     Examples:
       dbkeeper run purge-logs
+      dbkeeper run fetch-catalogue --with-downstream
       dbkeeper run --all --json
     """
     if bool(names) == run_all:
@@ -457,34 +481,31 @@ def run(
     runs: list[Run] = []
     show_progress = not as_json and output.errors.is_terminal
     for name in selected:
-        if show_progress:
-            with _progress_bar() as bar:
-                task = bar.add_task(name, total=100, rows="")
-
-                def update(
-                    percent: float,
-                    rows: int | None,
-                    _message: str,
-                    task: Any = task,
-                    bar: Progress = bar,
-                ) -> None:
-                    bar.update(task, completed=percent, rows=f"{rows} rows" if rows else "")
-
-                result = keeper.run(name, on_progress=update)
-        else:
-            result = keeper.run(name)
-        runs.append(result)
-        if not as_json:
-            summary = _summary(result)
-            output.console.print(
-                f"{name}: {output.styled(result.status.value)}"
-                + (f" - {summary}" if summary else ""),
-                highlight=False,
-            )
+        with _progress(show_progress) as update:
+            if with_downstream:
+                ended = keeper.run_chain(name, on_progress=update)
+            else:
+                ended = iter([keeper.run(name, on_progress=update and partial(update, name))])
+            for result in ended:
+                runs.append(result)
+                if not as_json:
+                    _print_outcome(result)
     if as_json:
         output.emit_json([run.to_dict() for run in runs])
     if any(run.status is not RunStatus.SUCCEEDED for run in runs):
         sys.exit(1)
+
+
+def _print_outcome(run: Run) -> None:
+    summary = _summary(run)
+    output.console.print(
+        f"{run.job}: {output.styled(run.status.value)}" + (f" - {summary}" if summary else ""),
+        highlight=False,
+    )
+    if stopped := run.result.get("chain_stopped"):
+        output.console.print(
+            f"chain stopped at {run.job}: not run: {', '.join(stopped)}", highlight=False
+        )
 
 
 def _summary(run: Run) -> str:
@@ -499,6 +520,202 @@ def _summary(run: Run) -> str:
     if summary:
         parts.append(str(summary))
     return ", ".join(parts)
+
+
+@main.group()
+def job() -> None:
+    """Define, change, pause and remove jobs while dbkeeper runs.
+
+    Jobs defined here live in the state store and every node picks them up
+    without a restart; they take the keys of a config file's job, given as
+    KEY=VALUE (VALUE is read as TOML when it can be: 3, true, ["ops"]; else as
+    text). Jobs of the config file can be paused and resumed here, not changed.
+
+    \b
+    Examples:
+      dbkeeper job add user-42-cleanup task=purge database=app table=logs \\
+          column=created_at older_than=30d schedule="0 3 * * *"
+      dbkeeper job set user-42-cleanup older_than=60d
+      dbkeeper job pause purge-logs --reason "investigating a restore"
+      dbkeeper job resume purge-logs
+      dbkeeper job remove user-42-cleanup
+    """
+
+
+def by_option(command: F) -> F:
+    return click.option(
+        "--by", help="Who makes the change, for the change log [default: user@host]."
+    )(command)
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+        try:
+            options[key.strip()] = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _show_job(keeper: Keeper, name: str, as_json: bool, said: str = "") -> None:
+    described = keeper.describe(name)
+    if as_json:
+        output.emit_json(described)
+        return
+    if said:
+        output.console.print(said, highlight=False)
+    pause = described["paused"]
+    paused = "no"
+    if pause:
+        paused = f"by {pause['by']} at {pause['at']}" + (
+            f": {pause['reason']}" if pause["reason"] else ""
+        )
+    output.key_values(
+        f"job {name} ({described['source']})",
+        [
+            ("task", described["task"]),
+            ("runs", described["schedule_words"]),
+            ("next run", output.when(described["next_run"])),
+            ("then", ", ".join(described["downstream"]) or "-"),
+            ("health", output.styled(described["health"])),
+            ("paused", paused),
+        ],
+    )
+
+
+@job.command(name="add")
+@click.argument("name")
+@click.argument("pairs", metavar="KEY=VALUE...", nargs=-1, required=True)
+@by_option
+@config_option
+@json_option
+@click.pass_context
+def job_add(
+    ctx: click.Context,
+    name: str,
+    pairs: tuple[str, ...],
+    by: str | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Define a new job (an error if the name is taken)."""
+    keeper = keeper_from(ctx, config_path)
+    keeper.add_job(name, by=by, **_options(pairs))
+    _show_job(keeper, name, as_json, f"added job {name}")
+
+
+@job.command(name="set")
+@click.argument("name")
+@click.argument("pairs", metavar="KEY=VALUE...", nargs=-1)
+@click.option("--unset", "unset", multiple=True, metavar="KEY", help="Remove a key (repeatable).")
+@by_option
+@config_option
+@json_option
+@click.pass_context
+def job_set(
+    ctx: click.Context,
+    name: str,
+    pairs: tuple[str, ...],
+    unset: tuple[str, ...],
+    by: str | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Change some keys of a runtime job; a new schedule counts from its next slot."""
+    if not pairs and not unset:
+        raise click.UsageError("give KEY=VALUE pairs to set or --unset KEY")
+    keeper = keeper_from(ctx, config_path)
+    keeper.set_job(name, _options(pairs), by=by, unset=unset)
+    _show_job(keeper, name, as_json, f"changed job {name}")
+
+
+@job.command(name="pause")
+@click.argument("name")
+@click.option("--reason", default="", help="Why, for the change log and the dashboard.")
+@by_option
+@config_option
+@json_option
+@click.pass_context
+def job_pause(
+    ctx: click.Context,
+    name: str,
+    reason: str,
+    by: str | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Pause any job: its slots pass unrun and chains stop at it, until `job resume`."""
+    keeper = keeper_from(ctx, config_path)
+    changed = keeper.pause(name, by=by, reason=reason)
+    _show_job(keeper, name, as_json, f"paused {name}" if changed else f"{name} was already paused")
+
+
+@job.command(name="resume")
+@click.argument("name")
+@by_option
+@config_option
+@json_option
+@click.pass_context
+def job_resume(
+    ctx: click.Context, name: str, by: str | None, config_path: Path | None, as_json: bool
+) -> None:
+    """Resume a paused job from its next slot (the slots it missed are not run)."""
+    keeper = keeper_from(ctx, config_path)
+    changed = keeper.resume(name, by=by)
+    _show_job(keeper, name, as_json, f"resumed {name}" if changed else f"{name} was not paused")
+
+
+@job.command(name="remove")
+@click.argument("name")
+@by_option
+@config_option
+@json_option
+@click.pass_context
+def job_remove(
+    ctx: click.Context, name: str, by: str | None, config_path: Path | None, as_json: bool
+) -> None:
+    """Remove a runtime job; its history stays (`dbkeeper history NAME`)."""
+    cancelled = keeper_from(ctx, config_path).remove_job(name, by=by)
+    if as_json:
+        output.emit_json({"removed": name, "queued_runs_cancelled": cancelled})
+        return
+    note = f" ({cancelled} queued runs cancelled)" if cancelled else ""
+    output.console.print(f"removed job {name}{note}; its history stays", highlight=False)
+
+
+@job.command(name="show")
+@click.argument("name")
+@config_option
+@json_option
+@click.pass_context
+def job_show(ctx: click.Context, name: str, config_path: Path | None, as_json: bool) -> None:
+    """One job: where it is defined, what starts it, what it starts, pause, changes."""
+    keeper = keeper_from(ctx, config_path)
+    _show_job(keeper, name, as_json)
+    if not as_json:
+        _print_changes(keeper.changes(name, limit=20))
+
+
+def _print_changes(changes: list[JobChange]) -> None:
+    if changes:
+        output.table(
+            "changes",
+            ["when (UTC)", "job", "change", "by", "detail"],
+            [
+                (
+                    f"{change.at:%Y-%m-%d %H:%M:%S}",
+                    change.job,
+                    change.action,
+                    change.by,
+                    change.detail.get("reason") or "",
+                )
+                for change in changes
+            ],
+        )
 
 
 @main.command()
@@ -636,20 +853,23 @@ def status(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
 def history(
     ctx: click.Context, job: str | None, limit: int, config_path: Path | None, as_json: bool
 ) -> None:
-    """Past runs, newest first.
+    """Past runs, newest first, then who added, changed, paused, resumed or removed jobs.
 
     \b
     Examples:
       dbkeeper history
       dbkeeper history purge-logs -n 50 --json
     """
-    runs = keeper_from(ctx, config_path).history(job, limit)
+    keeper = keeper_from(ctx, config_path)
+    runs = keeper.history(job, limit)
     if as_json:
         output.emit_json([run.to_dict() for run in runs])
-    elif runs:
+        return
+    if runs:
         _print_runs(runs)
     else:
         output.console.print("no runs recorded yet")
+    _print_changes(keeper.changes(job, limit))
 
 
 @main.command()

@@ -33,9 +33,14 @@ _KEY = re.compile(
 )
 
 
+# Tasks the HTTP API may define jobs of: none that runs programs or deletes files on the host.
+API_JOB_TASKS = ("purge", "vacuum", "optimize", "health", "sql", "export", "backup")
+
+
 class HttpSettings(Strict):
     listen: str = Field("127.0.0.1:8077", pattern=r"^(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}$")
     token: str | None = Field(None, min_length=1)
+    job_tasks: tuple[str, ...] = API_JOB_TASKS
 
     @property
     def host(self) -> str:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dbkeeper import chains as chain_module
 from dbkeeper import config as config_module
 from dbkeeper import jobhealth
-from dbkeeper.catalog import Catalog
+from dbkeeper.catalog import Catalog, DefineMode
 from dbkeeper.chains import Chains
 from dbkeeper.config import Config, KeeperSettings, job_schedule
 from dbkeeper.context import CancelToken, ProgressCallback, RunContext
@@ -151,8 +151,7 @@ class Keeper:
     def add_job(self, name: str, *, by: str | None = None, **options: Any) -> JobSpec:
         """Define a job at runtime, stored in the state store: every node runs it from its
         next slot, without a restart. Options are those of a config file's job."""
-        spec, _ = self.catalog.define(name, options, by=by, mode="add")
-        return spec
+        return self.define_job(name, options, by=by, mode="add")[0]
 
     def set_job(
         self,
@@ -165,9 +164,27 @@ class Keeper:
     ) -> JobSpec:
         """Change a runtime job: some keys (``replace=False``) or all of them; a new
         schedule takes effect from its next slot."""
-        mode: Literal["replace", "merge"] = "replace" if replace else "merge"
-        spec, _ = self.catalog.define(name, options, by=by, mode=mode, unset=unset)
-        return spec
+        mode: DefineMode = "replace" if replace else "merge"
+        return self.define_job(name, options, by=by, mode=mode, unset=unset)[0]
+
+    def define_job(
+        self,
+        name: str,
+        options: dict[str, Any],
+        *,
+        by: str | None,
+        mode: DefineMode,
+        unset: tuple[str, ...] = (),
+        tasks: tuple[str, ...] | None = None,
+    ) -> tuple[JobSpec, bool]:
+        """Add, replace or change a runtime job, checked against its database; the job and
+        whether it is new."""
+        return self.catalog.define(
+            name, options, by=by, mode=mode, unset=unset, tasks=tasks, check=self._check_job
+        )
+
+    def _check_job(self, job: JobSpec) -> None:
+        job.check(self.context(job))
 
     def remove_job(self, name: str, *, by: str | None = None) -> int:
         """Remove a runtime job; its history stays. Returns the queued runs it cancelled."""
@@ -197,7 +214,7 @@ class Keeper:
         ]
         for name, job in self.jobs.items():
             try:
-                job.check(self.context(job))
+                self._check_job(job)
             except DbkeeperError as exc:
                 problems.append(f"{self._where(name)}: job {name!r}: {exc}")
         return problems
@@ -396,8 +413,8 @@ class Keeper:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def overview(self, at: datetime | None = None) -> list[dict[str, Any]]:
-        """Each job with its schedule in words, next run, last run and health."""
+    def overview(self, at: datetime | None = None, only: str | None = None) -> list[dict[str, Any]]:
+        """Each job (or ``only`` one) with its schedule in words, next run, last run, health."""
         moment = at or now()
         store = self.store
         states = store.job_states()
@@ -406,6 +423,8 @@ class Keeper:
         current = self.catalog.current
         rows = []
         for name, job in current.jobs.items():
+            if only is not None and name != only:
+                continue
             schedule = current.schedules.get(name)
             verdict = jobhealth.judge(
                 job,
@@ -441,6 +460,19 @@ class Keeper:
             )
         return rows
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """One job: its overview, settings, runtime definition, recent runs and changes."""
+        self.get(name)
+        [row] = self.overview(only=name)
+        definition = self.catalog.current.definitions.get(name)
+        return {
+            **row,
+            "settings": self.get(name).model_dump(mode="json"),
+            "options": definition.options if definition else None,
+            "runs": [run.to_dict() for run in self.history(name, limit=20)],
+            "changes": [change.to_dict() for change in self.changes(name, limit=20)],
+        }
+
     def status(self) -> dict[str, Any]:
         moment = now()
         lease = self.config.keeper.lease.total_seconds()
@@ -461,9 +493,11 @@ class Keeper:
             raise UnknownJob(f"no database named {database!r} (databases: {known})")
         return restore_archive(self.targets[database], table, path)
 
-    def history(self, job: str | None = None, limit: int = 50) -> list[Run]:
+    def history(
+        self, job: str | None = None, limit: int = 50, *, status: Sequence[RunStatus] = ()
+    ) -> list[Run]:
         """Past runs, newest first; a removed job's runs too."""
-        found = self.store.runs(job=job, limit=limit)
+        found = self.store.runs(job=job, status=status, limit=limit)
         if job is not None and not found and not self.store.changes(job, 1):
             self.get(job)  # an unknown name: say so, with the names there are
         return found

@@ -79,13 +79,14 @@ class Notifier:
 
     def _run_finished(self, job: JobSpec, run: Run) -> None:
         if run.status.failure:
-            self.send(
-                job,
-                "failure",
-                f"dbkeeper: {job.name} {run.status.value}",
+            body = (
                 f"Run {run.id} of {job.name} (slot {run.scheduled_for:%Y-%m-%d %H:%M} UTC) "
-                f"{run.status.value} after {run.attempt} attempt(s): {run.error or ''}".strip(),
-                f"run {run.id}",
+                f"{run.status.value} after {run.attempt} attempt(s): {run.error or ''}".strip()
+            )
+            if stopped := run.result.get("chain_stopped"):
+                body += f"\nThe chain stops here; not run: {', '.join(stopped)}."
+            self.send(
+                job, "failure", f"dbkeeper: {job.name} {run.status.value}", body, f"run {run.id}"
             )
             return
         if run.status is not RunStatus.SUCCEEDED:
