@@ -242,7 +242,11 @@ def validate_job(
                 parsed = parse_schedule(schedule, zone)
             except ScheduleError as exc:
                 problems.append((("schedule",), str(exc)))
-    return (None, None, problems) if problems else (spec, parsed, [])
+    if problems:  # in the order of the keys given
+        order = {key: index for index, key in enumerate(raw)}
+        problems.sort(key=lambda problem: order.get(next(iter(problem[0]), ""), len(order)))
+        return None, None, problems
+    return spec, parsed, []
 
 
 def job_problem(name: str, path: tuple[str, ...], text: str) -> str:
