@@ -73,6 +73,9 @@ class Service:
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=30, **kwargs)
 
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.put(self.url + path, timeout=30, **kwargs)
+
     def history(self, *args: str) -> list[dict[str, Any]]:
         """`dbkeeper history --json` of this service's project (its config needs the token)."""
         env = self.project.env(API_TOKEN=TOKEN)

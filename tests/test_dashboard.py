@@ -47,12 +47,20 @@ def test_dashboard_lists_jobs_runs_a_job_and_draws_the_size_chart(
     for _ in range(2):  # two health reports: a size history and a growth trend
         run_id = service.post("/api/jobs/health/run", headers=AUTH).json()["run_id"]
         service.wait_for(run_id)
+    then = {"task": "vacuum", "database": "app", "after": ["purge-logs"]}
+    assert service.put("/api/jobs/compact", json=then, headers=AUTH).status_code == 201
     page = browser.new_page()
     page.goto(service.url + "/")
     page.wait_for_selector("body[data-loaded=yes]")
     names = page.locator("#jobs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.job)")
-    assert names == ["purge-logs", "broken", "health"]
-    assert page.locator("#jobs tbody tr[data-job=health] .badge").first.inner_text() == "healthy"
+    assert names == ["purge-logs", "broken", "health", "compact"]
+    health_badge = page.locator("#jobs tbody tr[data-job=health] .badge").first
+    assert health_badge.inner_text() == "healthy"
+    purge_row = page.locator("#jobs tbody tr[data-job=purge-logs]")
+    assert "then compact" in purge_row.inner_text()
+    assert (
+        "after purge-logs succeeds" in page.locator("#jobs tbody tr[data-job=compact]").inner_text()
+    )
 
     chart = page.locator("svg[data-database=app]")
     chart.wait_for()
@@ -74,6 +82,14 @@ def test_dashboard_lists_jobs_runs_a_job_and_draws_the_size_chart(
     page.reload()
     page.wait_for_selector("body[data-loaded=yes]")
     page.wait_for_selector(f"#runs tbody tr:has-text('purge-logs') >> text={new[0]['id']}")
+
+    page.locator("#jobs tbody tr[data-job=health] button", has_text="pause").click()
+    page.wait_for_selector("#jobs tbody tr[data-job=health] .badge.paused")
+    paused = service.get("/api/jobs/health").json()
+    assert paused["paused"]["by"] == "dashboard (api from 127.0.0.1)"
+    assert [change["action"] for change in paused["changes"]] == ["paused"]
+    page.locator("#jobs tbody tr[data-job=health] button", has_text="resume").click()
+    page.wait_for_selector("#jobs tbody tr[data-job=health] .badge.healthy")
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
