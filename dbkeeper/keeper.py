@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -373,11 +373,16 @@ class Keeper:
         }
 
     def reap_orphans(self) -> list[Run]:
-        """Mark runs of vanished nodes abandoned; queue a retry where the job allows one."""
+        """Mark runs of vanished nodes abandoned; queue a retry where the job allows one,
+        else start the jobs that come after its failure."""
         retries = []
         for run in self.store.abandon_orphans(self.config.keeper.lease):
             job = self.jobs.get(run.job)
-            if job is None or run.attempt > job.retries:
+            if job is None:
+                continue
+            if run.attempt > job.retries:
+                if run.with_downstream:
+                    self._chain_after(replace(run, status=RunStatus.ABANDONED))
                 continue
             retry_id = self.store.claim(
                 run.job,
@@ -386,10 +391,15 @@ class Keeper:
                 status=RunStatus.QUEUED,
                 trigger=Trigger.RETRY,
                 node=None,
+                with_downstream=run.with_downstream,
             )
             if retry_id is not None:
                 retries.append(run)
         return retries
+
+    def _chain_after(self, ended: Run) -> None:
+        with self.store.transaction():
+            self.chains.start(ended, self.chains.hold(ended.job, ended.status))
 
     def scheduler(self, role: str) -> Scheduler:
         return Scheduler(self, role)

@@ -303,3 +303,36 @@ def test_after_waits_for_all_and_after_any_for_each(tmp_path: Path) -> None:
         assert overview["a"]["downstream"] == ["both", "either", "later"]
     finally:
         keeper.close()
+
+
+def test_a_killed_run_counts_as_a_failure_of_its_chain(project: Project, history: History) -> None:
+    project.write_config(
+        """
+        [jobs.slow]
+        task = "command"
+        command = ["sleep", "30"]
+
+        [jobs.tail]
+        task = "command"
+        command = ["true"]
+        after = ["slow"]
+
+        [jobs.cleanup]
+        task = "command"
+        command = ["true"]
+        after_failure = ["slow"]
+        """
+    )
+    runner = project.popen("run", "slow", "--with-downstream")
+    _wait(lambda: [r for r in history("slow") if r["status"] == "running"], 30, "not started")
+    runner.kill()
+    runner.communicate(timeout=10)
+
+    ticked = project.cli("tick", "--json")  # finds the run's process gone
+    assert ticked.returncode == 0, ticked.stderr
+    runs = {run["job"]: run for run in history()}
+    assert set(runs) == {"slow", "cleanup"}
+    assert runs["slow"]["status"] == "abandoned"
+    assert runs["cleanup"]["status"] == "succeeded"
+    assert runs["cleanup"]["upstream_run"] == runs["slow"]["id"]
+    assert [run["job"] for run in ticked.json()] == ["cleanup"]
