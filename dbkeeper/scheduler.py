@@ -25,6 +25,7 @@ from dbkeeper.store import now
 from dbkeeper.units import format_duration
 
 if TYPE_CHECKING:
+    from dbkeeper.catalog import JobSet
     from dbkeeper.keeper import Keeper
     from dbkeeper.store import StateStore
 
@@ -32,6 +33,7 @@ log = logging.getLogger("dbkeeper.scheduler")
 
 # Past this many missed slots in one look, the oldest are summarised in one record.
 MISSED_RECORD_LIMIT = 100
+IDLE_WAKE = timedelta(minutes=5)
 # How often a sleeping scheduler looks for jobs changed and runs queued by other nodes.
 POLL = timedelta(seconds=2)
 STALLED_AFTER = timedelta(minutes=1)
@@ -67,6 +69,8 @@ class Scheduler:
         self._tokens: dict[int, CancelToken] = {}
         self._lock = threading.Lock()
         self._last_prune = now() - PRUNE_EVERY
+        self._upcoming: dict[str, datetime] = {}
+        self._upcoming_for: JobSet | None = None
         self.last_loop = now()
         keeper.store.register_jobs(list(keeper.schedules), now())
 
@@ -232,11 +236,13 @@ class Scheduler:
         log.info("scheduler %s started with %d jobs", self.node.id, len(self.keeper.jobs))
         with self._heartbeat():
             try:
+                next_slot = now()
                 while not self.stopping.is_set():
                     self.last_loop = now()
+                    woken = self._wake.is_set()
                     self._wake.clear()
                     try:
-                        due = self.claim_due(now())
+                        due = self._look(woken or self.last_loop >= next_slot)
                     except SQLAlchemyError:  # the state store is away: try again shortly
                         log.exception("claiming due runs failed; retrying")
                         self.stopping.wait(RETRY_CLAIMS.total_seconds())
@@ -245,21 +251,37 @@ class Scheduler:
                         log.info("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
                         futures[pool.submit(self._run, claimed)] = claimed
                     futures = {f: claimed for f, claimed in futures.items() if not f.done()}
-                    self._wake.wait(self._sleep_seconds())
+                    moment = now()
+                    next_slot = self._next_slot(moment)
+                    wake = min(next_slot, moment + POLL)
+                    self._wake.wait(max(0.0, (wake - moment).total_seconds()) + 0.001)
             finally:
                 self._shutdown(pool, futures, settings.shutdown_grace.total_seconds())
         self.store.stop_node(self.node.id)
         log.info("scheduler %s stopped", self.node.id)
 
-    def _sleep_seconds(self) -> float:
-        moment = now()
-        upcoming = [
-            schedule.next_after(moment)
-            for name, schedule in self.keeper.schedules.items()
-            if schedule is not None and self.keeper.jobs[name].enabled
-        ]
-        wake = min([*upcoming, moment + POLL])
-        return max(0.0, (wake - moment).total_seconds()) + 0.001
+    def _look(self, slot_due: bool) -> list[Claimed]:
+        """What to start now. Claims slots when one is due, this node was woken, or the
+        runtime jobs changed; otherwise (a poll) only looks for runs queued by others."""
+        if slot_due or self.keeper.refresh():
+            return self.claim_due(now())
+        if not self.store.runs(status=[RunStatus.QUEUED], limit=1):
+            return []
+        return self._claim_queued(self._running_jobs())
+
+    def _next_slot(self, moment: datetime) -> datetime:
+        """The next slot of any enabled job (or a while from now when none has one).
+        Each job's next slot is remembered until it passes or the jobs change."""
+        current = self.keeper.catalog.current
+        if current is not self._upcoming_for:
+            self._upcoming, self._upcoming_for = {}, current
+        for name, schedule in current.schedules.items():
+            if schedule is None or not current.jobs[name].enabled:
+                continue
+            slot = self._upcoming.get(name)
+            if slot is None or slot <= moment:
+                self._upcoming[name] = schedule.next_after(moment)
+        return min([*self._upcoming.values(), moment + IDLE_WAKE])
 
     def stop(self) -> None:
         self.stopping.set()
