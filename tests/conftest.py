@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -79,6 +80,15 @@ class Project:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something true (returned), failing with ``what``."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+    return found
 
 
 @pytest.fixture

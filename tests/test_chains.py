@@ -14,7 +14,7 @@ import pytest
 
 from dbkeeper import Keeper
 from dbkeeper.models import RunStatus, Trigger
-from tests.conftest import Project, Receiver
+from tests.conftest import Project, Receiver, wait_for
 from tests.test_nodes import _stop
 
 History = Callable[..., list[dict[str, Any]]]
@@ -45,14 +45,6 @@ def _at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
-    return found
-
-
 @pytest.mark.slow
 def test_three_step_chain_runs_in_order_once_per_head_slot_on_two_nodes(
     project: Project, pg_url: str, history: History
@@ -74,7 +66,7 @@ def test_three_step_chain_runs_in_order_once_per_head_slot_on_two_nodes(
     )
     nodes = [project.popen("start", "--no-http") for _ in range(2)]
     try:
-        _wait(
+        wait_for(
             lambda: len([r for r in history("head") if r["status"] == "succeeded"]) >= 4,
             60,
             "the head did not run four times",
@@ -89,7 +81,7 @@ def test_three_step_chain_runs_in_order_once_per_head_slot_on_two_nodes(
             busy = [r for r in runs if r["status"] in ("queued", "running")]
             return not busy and len(tails) == len(heads)
 
-        _wait(settled, 30, "the chains did not finish")
+        wait_for(settled, 30, "the chains did not finish")
         time.sleep(4)  # two more head slots pass while it is paused
     finally:
         errors = _stop(nodes)
@@ -323,7 +315,7 @@ def test_a_killed_run_counts_as_a_failure_of_its_chain(project: Project, history
         """
     )
     runner = project.popen("run", "slow", "--with-downstream")
-    _wait(lambda: [r for r in history("slow") if r["status"] == "running"], 30, "not started")
+    wait_for(lambda: [r for r in history("slow") if r["status"] == "running"], 30, "not started")
     runner.kill()
     runner.communicate(timeout=10)
 

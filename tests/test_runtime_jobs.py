@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from dbkeeper import ConfigError, Keeper
 from dbkeeper.store import SCHEMA_VERSION, StateStore
-from tests.conftest import Project
+from tests.conftest import Project, wait_for
 from tests.test_api import free_port
 from tests.test_nodes import _stop
 
@@ -88,6 +88,13 @@ class Node:
     def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, timeout=30, **kwargs)
 
+    def up(self) -> bool:
+        assert self.process.poll() is None, self.process.communicate()
+        try:
+            return self.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
 
 def _prepare(project: Project, state: str) -> None:
     with sqlite3.connect(project.path / "app.db") as conn:
@@ -104,29 +111,12 @@ def nodes(project: Project, pg_url: str) -> Iterator[list[Node]]:
         process = project.popen("start", env=project.env(PORT=str(port)))
         started.append(Node(f"http://127.0.0.1:{port}", process))
     for node in started:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if node.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert node.process.poll() is None, node.process.communicate()
-            assert time.monotonic() < deadline, "a node did not come up"
-            time.sleep(0.2)
+        wait_for(lambda node=node: node.up(), 30, "a node did not come up")
     try:
         yield started
     finally:
         errors = _stop([node.process for node in started])
         assert [node.process.returncode for node in started] == [0, 0], errors
-
-
-def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-    return found
 
 
 def _slots(runs: list[dict[str, Any]], after: datetime | None = None) -> list[datetime]:
@@ -159,9 +149,9 @@ def test_api_job_runs_once_per_slot_on_two_nodes_changes_pauses_and_goes(
     again = first.send("POST", f"/api/jobs/{name}", json=TENANT_JOB, headers=AUTH)
     assert again.status_code == 409 and "exists" in again.json()["error"]
     # The other node knows it without a restart.
-    _wait(lambda: second.get(f"/api/jobs/{name}").status_code == 200, 5, "not picked up")
+    wait_for(lambda: second.get(f"/api/jobs/{name}").status_code == 200, 5, "not picked up")
 
-    _wait(lambda: len(history(name)) >= 5, 30, "the runtime job did not run")
+    wait_for(lambda: len(history(name)) >= 5, 30, "the runtime job did not run")
     runs = history(name)
     assert {run["status"] for run in runs} == {"succeeded"}
     slots = _slots(runs)
@@ -174,7 +164,7 @@ def test_api_job_runs_once_per_slot_on_two_nodes_changes_pauses_and_goes(
     changed_at = datetime.now(UTC)
     assert changed.status_code == 200, changed.text
     assert changed.json()["schedule_words"] == "Every 5 seconds"
-    _wait(lambda: len(_slots(history(name), changed_at)) >= 2, 30, "no run on the new schedule")
+    wait_for(lambda: len(_slots(history(name), changed_at)) >= 2, 30, "no run on the new schedule")
     new_slots = _slots(history(name), changed_at)
     assert all(slot.second % 5 == 0 for slot in new_slots), new_slots
     assert (new_slots[0] - changed_at).total_seconds() <= 5, "the first new slot ran"
@@ -189,7 +179,7 @@ def test_api_job_runs_once_per_slot_on_two_nodes_changes_pauses_and_goes(
     resumed = second.send("POST", f"/api/jobs/{name}/resume?by=bob", headers=AUTH)
     assert resumed.status_code == 200 and resumed.json()["paused"] is None
     resumed_at = datetime.now(UTC)
-    _wait(lambda: _slots(history(name), resumed_at), 15, "no run after resuming")
+    wait_for(lambda: _slots(history(name), resumed_at), 15, "no run after resuming")
     during = [s for s in _slots(history(name), paused_at) if s < resumed_at]
     assert during == [], "nothing ran, and nothing was recorded, while paused"
 
@@ -198,7 +188,7 @@ def test_api_job_runs_once_per_slot_on_two_nodes_changes_pauses_and_goes(
     removed = first.send("DELETE", f"/api/jobs/{name}?by=app", headers=AUTH)
     assert removed.status_code == 200, removed.text
     removed_at = datetime.now(UTC)
-    _wait(lambda: second.get(f"/api/jobs/{name}").status_code == 404, 5, "still known")
+    wait_for(lambda: second.get(f"/api/jobs/{name}").status_code == 404, 5, "still known")
     time.sleep(6)
     kept = history(name)
     assert len(kept) >= before and not _slots(kept, removed_at)
