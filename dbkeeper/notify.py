@@ -14,8 +14,6 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import apprise
-
 from dbkeeper.context import RunContext
 from dbkeeper.jobhealth import Health
 from dbkeeper.models import Run, RunStatus
@@ -27,11 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbkeeper.notify")
 
-_TYPES = {
-    "failure": apprise.NotifyType.FAILURE,
-    "recovery": apprise.NotifyType.SUCCESS,
-    "warning": apprise.NotifyType.WARNING,
-}
+# Apprise's notification types by event (names of apprise.NotifyType members).
+_TYPES = {"failure": "FAILURE", "recovery": "SUCCESS", "warning": "WARNING"}
 MAX_OWNER_LINES = 100
 
 
@@ -56,10 +51,12 @@ class Notifier:
     def deliver(self, job: JobSpec, event: NotifyEvent, title: str, body: str) -> int:
         sent = 0
         for name in self.listeners(job, event):
+            import apprise  # imported when a notice goes out, not by every command
+
             sender = apprise.Apprise()
             for url in self.settings[name].urls:
                 sender.add(url)
-            kind = _TYPES.get(event, apprise.NotifyType.WARNING)
+            kind = getattr(apprise.NotifyType, _TYPES.get(event, "WARNING"))
             if sender.notify(title=title, body=body, notify_type=kind):
                 sent += 1
             else:
