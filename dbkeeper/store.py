@@ -248,6 +248,10 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._local = threading.local()
+        # SQLite lets one writer in at a time, and a blocked writer sleeps in growing steps
+        # (busy_timeout); this process's threads queue on a lock instead and go in the moment
+        # the writer before them commits. Other processes still meet the busy timeout.
+        self._write_lock = threading.Lock()
         parsed = make_url(url)
         shown = parsed.render_as_string()
         try:
@@ -294,7 +298,7 @@ class StateStore:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield conn
