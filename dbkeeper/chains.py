@@ -96,12 +96,17 @@ class Chains:
     def __init__(self, keeper: Keeper) -> None:
         self.keeper = keeper
 
-    def hold(self, name: str, status: RunStatus) -> list[str]:
-        """Before the end of a run of ``name`` is recorded: read the current set of jobs and
-        lock the rows of the job and of those it starts (in name order, as claims do)."""
+    def hold(self, ends: list[tuple[str, RunStatus, bool]]) -> list[list[str]]:
+        """Before the ends ``(job, status, chained)`` of runs are recorded: read the current
+        set of jobs, and lock the rows of the jobs ending and of the jobs their chained ends
+        start, in name order (as claims do: no deadlock). The jobs each end starts."""
         self.keeper.refresh(hold=True)
-        starting = next_jobs(self.keeper.jobs, name, status)
-        self.keeper.store.lock_jobs([name, *starting])
+        jobs = self.keeper.jobs
+        starting = [
+            next_jobs(jobs, name, status) if chained else [] for name, status, chained in ends
+        ]
+        rows = {name for name, _, _ in ends} | {name for names in starting for name in names}
+        self.keeper.store.lock_jobs(sorted(rows))
         return starting
 
     def stopped(self, name: str) -> list[str]:

@@ -398,7 +398,8 @@ class Keeper:
 
     def _chain_after(self, ended: Run) -> None:
         with self.store.transaction():
-            self.chains.start(ended, self.chains.hold(ended.job, ended.status))
+            [starting] = self.chains.hold([(ended.job, ended.status, True)])
+            self.chains.start(ended, starting)
 
     def scheduler(self, role: str) -> Scheduler:
         return Scheduler(self, role)

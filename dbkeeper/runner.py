@@ -45,6 +45,90 @@ class Attempt:
     error: str | None = None
 
 
+@dataclass
+class End:
+    """A run's end, to record: its job, run, attempt's outcome, and whether it is the final
+    attempt of a run that starts the jobs after it."""
+
+    job: JobSpec
+    run_id: int
+    attempt: Attempt
+    chained: bool
+    recorded: bool = False
+    error: BaseException | None = None
+
+
+class EndRecorder:
+    """Records runs' ends, several in one transaction (group commit). The first run to end
+    commits its end; runs ending meanwhile queue, and the next of them commits all queued
+    ends at once. Each run waits until its own end is committed. With a chain, an end and
+    the runs it starts are one transaction: an end is never recorded without them."""
+
+    def __init__(self, store: StateStore, chains: Chains | None) -> None:
+        self.store = store
+        self.chains = chains
+        self._turn = threading.Condition()
+        self._queued: list[End] = []
+        self._committing = False
+
+    def record(self, end: End) -> None:
+        with self._turn:
+            self._queued.append(end)
+            while self._committing and not end.recorded:
+                self._turn.wait()
+            if not end.recorded:
+                self._committing = True
+                batch, self._queued = self._queued, []
+        if not end.recorded:
+            try:
+                self._commit(batch)
+            finally:
+                with self._turn:
+                    self._committing = False
+                    self._turn.notify_all()
+        if end.error is not None:
+            raise end.error
+
+    def _commit(self, batch: list[End]) -> None:
+        try:
+            self._write(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # one end's failure must not lose the others: each on its own
+                for end in batch:
+                    self._commit([end])
+        finally:
+            for end in batch:
+                end.recorded = True
+
+    def _write(self, batch: list[End]) -> None:
+        chains = self.chains
+        with self.store.transaction():
+            if chains is not None:
+                ends = [(end.job.name, end.attempt.status, end.chained) for end in batch]
+                starting = chains.hold(ends)
+            else:
+                self.store.lock_jobs([end.job.name for end in batch])
+                starting = [[] for _ in batch]
+            for end, started in zip(batch, starting, strict=True):
+                recorded = end.attempt.outcome.recorded()
+                if chains and end.chained and end.attempt.status is not RunStatus.SUCCEEDED:
+                    if stopped := chains.stopped(end.job.name):
+                        recorded = {**recorded, "chain_stopped": stopped}
+                self.store.finish(
+                    end.run_id,
+                    end.attempt.status,
+                    rows_affected=end.attempt.outcome.rows_affected,
+                    result=recorded,
+                    error=end.attempt.error,
+                )
+                if chains and started:
+                    ended = self.store.get_run(end.run_id)
+                    assert ended is not None
+                    chains.start(ended, started)
+
+
 class Runner:
     def __init__(
         self,
@@ -62,7 +146,7 @@ class Runner:
         self.lease = lease
         self.stopping = stopping or threading.Event()
         self.notifier = notifier
-        self.chains = chains
+        self.ends = EndRecorder(store, chains)
 
     def execute(
         self,
@@ -87,7 +171,7 @@ class Runner:
                 and attempt <= job.retries
                 and not self.stopping.is_set()
             )
-            self._record(job, run_id, result, chained=with_downstream and not will_retry)
+            self.ends.record(End(job, run_id, result, with_downstream and not will_retry))
             log.info(
                 "run %s of %s %s%s",
                 run_id,
@@ -121,28 +205,6 @@ class Runner:
         if self.notifier is not None:
             self.notifier.run_finished(job, final)
         return final
-
-    def _record(self, job: JobSpec, run_id: int, result: Attempt, *, chained: bool) -> None:
-        """Record an attempt's end and, for a chain's final attempt, start the jobs after it
-        (in one transaction: an end is never recorded without the runs it starts)."""
-        recorded = result.outcome.recorded()
-        chains = self.chains if chained else None
-        with self.store.transaction():
-            starting = chains.hold(job.name, result.status) if chains else []
-            if chains and result.status is not RunStatus.SUCCEEDED:
-                if stopped := chains.stopped(job.name):
-                    recorded = {**recorded, "chain_stopped": stopped}
-            self.store.finish(
-                run_id,
-                result.status,
-                rows_affected=result.outcome.rows_affected,
-                result=recorded,
-                error=result.error,
-            )
-            if chains and starting:
-                ended = self.store.get_run(run_id)
-                assert ended is not None
-                chains.start(ended, starting)
 
     def _attempt(
         self,
