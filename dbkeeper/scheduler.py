@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dbkeeper.context import CancelToken
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.runner import Runner
-from dbkeeper.store import now
+from dbkeeper.store import Claim, now
 from dbkeeper.units import format_duration
 
 if TYPE_CHECKING:
@@ -88,12 +88,14 @@ class Scheduler:
         return claimed + self._claim_queued(self._running_jobs())
 
     def _running_jobs(self) -> set[str]:
-        return {run.job for run in self.store.runs(status=[RunStatus.RUNNING], limit=None)}
+        return self.store.running_jobs()
 
     def _claim_slots(self, moment: datetime) -> list[Claimed]:
-        claimed: list[Claimed] = []
+        """Claim every due slot in one statement, and move the cursors in another."""
         states = self.store.job_states()
         running = self._running_jobs()
+        claims: list[Claim] = []
+        cursors: dict[str, datetime] = {}
         # In name order: nodes claiming at once take their row locks in the same order.
         for name, schedule in sorted(self.keeper.schedules.items()):
             job = self.keeper.jobs[name]
@@ -101,71 +103,60 @@ class Scheduler:
             if schedule is None or state is None:
                 continue
             slots = list(schedule.slots(state.cursor or moment, moment))
+            if slots:
+                cursors[name] = slots[-1]
             if not job.enabled:  # paused or disabled: its slots pass, unrecorded
-                if slots:
-                    self.store.advance_cursor(name, slots[-1])
                 continue
             late = [slot for slot in slots if moment - slot > job.misfire_grace]
-            self._record_missed(name, late, moment, job.misfire_grace)
+            claims += self._missed(name, late, moment, job.misfire_grace)
             for slot in slots[len(late) :]:
                 if name in running and job.concurrency == "skip":
-                    self.store.claim(
-                        name,
-                        slot,
-                        status=RunStatus.SKIPPED,
-                        trigger=Trigger.SCHEDULE,
-                        node=self.node.id,
-                        error="the previous run was still running",
-                    )
-                elif name in running:
-                    self.store.claim(
-                        name,
-                        slot,
-                        status=RunStatus.QUEUED,
-                        trigger=Trigger.SCHEDULE,
-                        node=self.node.id,
-                    )
+                    status, error = RunStatus.SKIPPED, "the previous run was still running"
                 else:
-                    run_id = self.store.claim(
-                        name,
-                        slot,
-                        status=RunStatus.RUNNING,
-                        trigger=Trigger.SCHEDULE,
-                        node=self.node.id,
-                    )
-                    if run_id is not None:
-                        claimed.append(Claimed(name, run_id, slot))
-                        running.add(name)
-            if slots:
-                self.store.advance_cursor(name, slots[-1])
-        return claimed
+                    status = RunStatus.QUEUED if name in running else RunStatus.RUNNING
+                    error = None
+                claims.append(
+                    Claim(name, slot, status, Trigger.SCHEDULE, self.node.id, error=error)
+                )
+                running.add(name)
+        won = self.store.claim_all(claims)
+        self.store.advance_cursors(cursors)
+        return [
+            Claimed(claim.job, run_id, claim.scheduled_for)
+            for claim, run_id in zip(claims, won, strict=True)
+            if run_id is not None and claim.status is RunStatus.RUNNING
+        ]
 
-    def _record_missed(
+    def _missed(
         self, name: str, late: list[datetime], moment: datetime, grace: timedelta
-    ) -> None:
-        if not late:
-            return
+    ) -> list[Claim]:
+        """Claims recording slots first seen past their grace (the oldest summarised)."""
         summarised = late[:-MISSED_RECORD_LIMIT] if len(late) > MISSED_RECORD_LIMIT else []
+        claims = []
         if summarised:
-            self.store.claim(
-                name,
-                summarised[0],
-                status=RunStatus.MISSED,
-                trigger=Trigger.SCHEDULE,
-                node=self.node.id,
-                error=f"{len(summarised)} slots from {summarised[0].isoformat()} to "
-                f"{summarised[-1].isoformat()} were missed (recorded as one)",
+            error = (
+                f"{len(summarised)} slots from {summarised[0].isoformat()} to "
+                f"{summarised[-1].isoformat()} were missed (recorded as one)"
+            )
+            claims.append(
+                Claim(
+                    name,
+                    summarised[0],
+                    RunStatus.MISSED,
+                    Trigger.SCHEDULE,
+                    self.node.id,
+                    error=error,
+                )
             )
         for slot in late[len(summarised) :]:
-            self.store.claim(
-                name,
-                slot,
-                status=RunStatus.MISSED,
-                trigger=Trigger.SCHEDULE,
-                node=self.node.id,
-                error=f"first seen {format_duration(moment - slot)} after its slot; "
-                f"misfire_grace is {format_duration(grace)}",
+            error = (
+                f"first seen {format_duration(moment - slot)} after its slot; "
+                f"misfire_grace is {format_duration(grace)}"
             )
+            claims.append(
+                Claim(name, slot, RunStatus.MISSED, Trigger.SCHEDULE, self.node.id, error=error)
+            )
+        return claims
 
     def _claim_queued(self, running: set[str]) -> list[Claimed]:
         claimed = []

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     cast,
     create_engine,
     delete,
@@ -211,6 +213,47 @@ health_table = Table(
 )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A run to record for a slot (or for an upstream run), if nobody holds it yet."""
+
+    job: str
+    scheduled_for: datetime
+    status: RunStatus
+    trigger: Trigger
+    node: str | None
+    attempt: int = 1
+    error: str | None = None
+    upstream_run: int | None = None
+    with_downstream: bool = True
+
+    @property
+    def settles(self) -> bool:
+        """Whether the run ends as it is recorded (and so counts in the job's last status)."""
+        return self.status.final and self.status is not RunStatus.SKIPPED
+
+    @property
+    def key(self) -> tuple[str, datetime, int, int | None]:
+        return (self.job, self.scheduled_for, self.attempt, self.upstream_run)
+
+    def values(self, moment: datetime) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "scheduled_for": self.scheduled_for,
+            "attempt": self.attempt,
+            "trigger": self.trigger.value,
+            "status": self.status.value,
+            "created_at": moment,
+            "started_at": moment if self.status is RunStatus.RUNNING else None,
+            "finished_at": moment if self.status.final else None,
+            "progress": 0.0,
+            "node": self.node,
+            "error": self.error,
+            "upstream_run": self.upstream_run,
+            "with_downstream": self.with_downstream,
+        }
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this host."""
     try:
@@ -308,9 +351,11 @@ class StateStore:
             conn.exec_driver_sql("COMMIT")
 
     def _insert_new(self, table: Table, **values: Any) -> Any:
-        """An INSERT that does nothing when the row's key already exists."""
+        """An INSERT that does nothing when the row's key already exists (its values given
+        here, or as parameters when it is executed)."""
         module = sqlite_dialect if self.sqlite else postgresql_dialect
-        return module.insert(table).values(**values).on_conflict_do_nothing()
+        statement = module.insert(table)
+        return (statement.values(**values) if values else statement).on_conflict_do_nothing()
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -535,14 +580,19 @@ class StateStore:
                 for row in conn.execute(query)
             ]
 
-    def advance_cursor(self, job: str, to: datetime) -> None:
+    def advance_cursors(self, cursors: dict[str, datetime]) -> None:
+        """Move each job's cursor forward to the slot given (never back), in one statement."""
+        if not cursors:
+            return
+        to = bindparam("to", type_=UTCDateTime())
+        statement = (
+            update(jobs_table)
+            .where(jobs_table.c.name == bindparam("job"))
+            .where(or_(jobs_table.c.cursor.is_(None), jobs_table.c.cursor < to))
+            .values(cursor=to, updated_at=now())
+        )
         with self.transaction() as conn:
-            conn.execute(
-                update(jobs_table)
-                .where(jobs_table.c.name == job)
-                .where(or_(jobs_table.c.cursor.is_(None), jobs_table.c.cursor < to))
-                .values(cursor=to, updated_at=now())
-            )
+            conn.execute(statement, [{"job": job, "to": at} for job, at in cursors.items()])
 
     # -- runs ---------------------------------------------------------------
 
@@ -561,31 +611,36 @@ class StateStore:
     ) -> int | None:
         """Insert the run for a slot (or for an upstream run); None if another process
         already holds it."""
+        claim = Claim(
+            job, scheduled_for, status, trigger, node, attempt, error, upstream_run, with_downstream
+        )
+        return self.claim_all([claim])[0]
+
+    def claim_all(self, claims: Sequence[Claim]) -> list[int | None]:
+        """Insert the runs of these claims in one statement: each one's run id, or None
+        where another process holds that slot already."""
+        if not claims:
+            return []
         moment = now()
-        values: dict[str, Any] = {
-            "job": job,
-            "scheduled_for": scheduled_for,
-            "attempt": attempt,
-            "trigger": trigger.value,
-            "status": status.value,
-            "created_at": moment,
-            "progress": 0.0,
-            "node": node,
-            "error": error,
-            "upstream_run": upstream_run,
-            "with_downstream": with_downstream,
-        }
-        if status is RunStatus.RUNNING:
-            values["started_at"] = moment
-        if status.final:
-            values["finished_at"] = moment
+        statement = self._insert_new(runs_table).returning(
+            runs_table.c.id,
+            runs_table.c.job,
+            runs_table.c.scheduled_for,
+            runs_table.c.attempt,
+            runs_table.c.upstream_run,
+        )
         with self.transaction() as conn:
-            run_id = conn.execute(
-                self._insert_new(runs_table, **values).returning(runs_table.c.id)
-            ).scalar()
-            if run_id is not None and status.final and status is not RunStatus.SKIPPED:
-                self._settle_job(conn, job, status)
-        return None if run_id is None else int(run_id)
+            rows = conn.execute(statement, [claim.values(moment) for claim in claims]).all()
+            won = {(r.job, r.scheduled_for, r.attempt, r.upstream_run): int(r.id) for r in rows}
+            ids = [won.get(claim.key) for claim in claims]
+            for claim, run_id in zip(claims, ids, strict=True):
+                if (
+                    run_id is not None
+                    and claim.status.final
+                    and claim.status is not RunStatus.SKIPPED
+                ):
+                    self._settle_job(conn, claim.job, claim.status)
+        return ids
 
     def start_queued(self, run_id: int, node: str | None) -> bool:
         """Move a queued run to running; False if another worker took it first."""
@@ -669,6 +724,12 @@ class StateStore:
         query = query.order_by(*order).limit(limit)
         with self.reading() as conn:
             return [_run(row) for row in conn.execute(query)]
+
+    def running_jobs(self) -> set[str]:
+        """The jobs with a run in progress."""
+        query = select(runs_table.c.job).where(runs_table.c.status == RunStatus.RUNNING.value)
+        with self.reading() as conn:
+            return set(conn.execute(query.distinct()).scalars())
 
     def last_runs(self) -> dict[str, Run]:
         """Each job's most recent run, finished or not."""
