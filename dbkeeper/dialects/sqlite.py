@@ -111,15 +111,24 @@ class PurgeQuery:
 
     def plan(self, conn: Connection) -> dict[str, Any]:
         """Exact count, oldest and newest affected times, and the key range to walk."""
-        moment = self._moment
-        row = conn.execute(
-            text(
-                f"SELECT count(*), min({moment}), max({moment}), min({self.key}), max({self.key}) "
-                f"FROM {self.table} WHERE {self.condition}"
-            ),
-            self.params,
-        ).one()
-        count, oldest, newest, key_low, key_high = row
+        if self.time_format is TimeFormat.ISO:
+            count, key_low, key_high = conn.execute(
+                text(
+                    f"SELECT count(*), min({self.key}), max({self.key}) "
+                    f"FROM {self.table} WHERE {self.condition}"
+                ),
+                self.params,
+            ).one()
+            oldest, newest = self._iso_edge(conn, "ASC"), self._iso_edge(conn, "DESC")
+        else:
+            row = conn.execute(
+                text(
+                    f"SELECT count(*), min({self.column}), max({self.column}), "
+                    f"min({self.key}), max({self.key}) FROM {self.table} WHERE {self.condition}"
+                ),
+                self.params,
+            ).one()
+            count, oldest, newest, key_low, key_high = row
         oldest, newest = self._to_datetime(oldest), self._to_datetime(newest)
         total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
         return {
@@ -130,6 +139,23 @@ class PurgeQuery:
             "key_low": key_low,
             "key_high": key_high,
         }
+
+    def _iso_edge(self, conn: Connection, order: str) -> Any:
+        """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,
+        from the index: the first text in that order, then julianday() only over the texts
+        within three days of it (zone offsets move a time by less than a day), not over
+        every matching row."""
+        column, ascending = self.column, order == "ASC"
+        edge, compare, shift = ("min", "<", "+") if ascending else ("max", ">=", "-")
+        return conn.execute(
+            text(
+                f"SELECT {edge}(julianday({column})) FROM {self.table} "
+                f"WHERE {self.condition} AND {column} {compare} ("
+                f"SELECT date({column}, '{shift}3 days') FROM {self.table} "
+                f"WHERE {self.condition} ORDER BY {column} {order} LIMIT 1)"
+            ),
+            self.params,
+        ).scalar()
 
     def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
         """Matching rows grouped by ``owner`` (a quoted column): count and oldest time."""
