@@ -144,17 +144,25 @@ class PurgeQuery:
         """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,
         from the index: the first text in that order, then julianday() only over the texts
         within three days of it (zone offsets move a time by less than a day), not over
-        every matching row."""
+        every matching row. The band's bound is a parameter written first, so SQLite takes
+        it as the index range."""
         column, ascending = self.column, order == "ASC"
         edge, compare, shift = ("min", "<", "+") if ascending else ("max", ">=", "-")
+        band = conn.execute(
+            text(
+                f"SELECT date({column}, '{shift}3 days') FROM {self.table} "
+                f"WHERE {self.condition} ORDER BY {column} {order} LIMIT 1"
+            ),
+            self.params,
+        ).scalar()
+        if band is None:
+            return None
         return conn.execute(
             text(
                 f"SELECT {edge}(julianday({column})) FROM {self.table} "
-                f"WHERE {self.condition} AND {column} {compare} ("
-                f"SELECT date({column}, '{shift}3 days') FROM {self.table} "
-                f"WHERE {self.condition} ORDER BY {column} {order} LIMIT 1)"
+                f"WHERE {column} {compare} :band AND {self.condition}"
             ),
-            self.params,
+            {**self.params, "band": band},
         ).scalar()
 
     def owners(self, conn: Connection, owner: str, limit: int) -> list[dict[str, Any]]:
