@@ -226,6 +226,28 @@ def test_metrics_parse_and_match_the_history(service: Service) -> None:
     assert "health" in last
 
 
+def test_a_run_posted_with_downstream_starts_its_chain_once(service: Service) -> None:
+    after_health = {"task": "vacuum", "database": "app", "after": ["health"]}
+    created = service.put("/api/jobs/after-health", json=after_health, headers=AUTH)
+    assert created.status_code == 201, created.text
+    try:
+        plain = service.post("/api/jobs/health/run", headers=AUTH).json()["run_id"]
+        assert service.wait_for(plain)["status"] == "succeeded"
+        chained = service.post("/api/jobs/health/run?with_downstream=true", headers=AUTH).json()
+        assert service.wait_for(chained["run_id"])["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while not (started := service.get("/api/runs?job=after-health").json()):
+            assert time.monotonic() < deadline, "the chain did not start"
+            time.sleep(0.2)
+        (run,) = started
+        assert run["upstream_run"] == chained["run_id"] and run["trigger"] == "upstream"
+        assert service.wait_for(run["id"])["status"] == "succeeded"
+    finally:
+        removed = httpx.delete(service.url + "/api/jobs/after-health", headers=AUTH, timeout=30)
+        assert removed.status_code == 200, removed.text
+    assert len(service.get("/api/runs?job=after-health").json()) == 1, "history kept"
+
+
 def test_listening_beyond_loopback_needs_a_token(project: Project) -> None:
     project.write_config(
         """
