@@ -36,6 +36,11 @@ def _step(name: str, extra: str = "", sql: str | None = None) -> str:
     """
 
 
+def _noop(name: str, extra: str = "") -> str:
+    """A job that does nothing and succeeds, with ``extra`` keys."""
+    return f'\n[jobs.{name}]\ntask = "command"\ncommand = ["true"]\n{extra}\n'
+
+
 def _steps(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [step for (step,) in conn.execute("SELECT step FROM trail ORDER BY seq")]
@@ -167,22 +172,9 @@ def test_failing_middle_step_stops_the_chain_alerts_and_starts_its_cleanup(
 
 def test_a_cycle_is_refused_at_load_naming_its_jobs(project: Project) -> None:
     project.write_config(
-        """
-        [jobs.a]
-        task = "command"
-        command = ["true"]
-        after = ["c"]
-
-        [jobs.b]
-        task = "command"
-        command = ["true"]
-        after = ["a"]
-
-        [jobs.c]
-        task = "command"
-        command = ["true"]
-        after_failure = ["b"]
-        """
+        _noop("a", 'after = ["c"]')
+        + _noop("b", 'after = ["a"]')
+        + _noop("c", 'after_failure = ["b"]')
     )
     for command in (["check"], ["jobs"], ["start", "--no-http"]):
         result = project.cli(*command)
@@ -203,17 +195,7 @@ def test_a_cycle_is_refused_at_load_naming_its_jobs(project: Project) -> None:
 
 def test_unknown_upstream_and_self_reference_are_located(project: Project) -> None:
     project.write_config(
-        """
-        [jobs.a]
-        task = "command"
-        command = ["true"]
-        after = ["fetch-catalog"]
-
-        [jobs.b]
-        task = "command"
-        command = ["true"]
-        after_failure = ["b"]
-        """
+        _noop("a", 'after = ["fetch-catalog"]') + _noop("b", 'after_failure = ["b"]')
     )
     result = project.cli("check")
     assert result.returncode == 1
@@ -230,35 +212,12 @@ def _count(keeper: Keeper, job: str) -> list[Any]:
 
 def test_after_waits_for_all_and_after_any_for_each(tmp_path: Path) -> None:
     (tmp_path / "dbkeeper.toml").write_text(
-        """
-        [keeper]
-        state = "sqlite:///state.db"
-
-        [jobs.a]
-        task = "command"
-        command = ["true"]
-
-        [jobs.b]
-        task = "command"
-        command = ["true"]
-
-        [jobs.both]
-        task = "command"
-        command = ["true"]
-        after = ["a", "b"]
-
-        [jobs.either]
-        task = "command"
-        command = ["true"]
-        after = ["a", "b"]
-        after_any = true
-        concurrency = "queue"
-
-        [jobs.later]
-        task = "command"
-        command = ["true"]
-        after = ["either"]
-        """
+        '[keeper]\nstate = "sqlite:///state.db"\n'
+        + _noop("a")
+        + _noop("b")
+        + _noop("both", 'after = ["a", "b"]')
+        + _noop("either", 'after = ["a", "b"]\nafter_any = true\nconcurrency = "queue"')
+        + _noop("later", 'after = ["either"]')
     )
     keeper = Keeper.from_config(tmp_path / "dbkeeper.toml")
     try:
@@ -298,21 +257,9 @@ def test_after_waits_for_all_and_after_any_for_each(tmp_path: Path) -> None:
 
 def test_a_killed_run_counts_as_a_failure_of_its_chain(project: Project, history: History) -> None:
     project.write_config(
-        """
-        [jobs.slow]
-        task = "command"
-        command = ["sleep", "30"]
-
-        [jobs.tail]
-        task = "command"
-        command = ["true"]
-        after = ["slow"]
-
-        [jobs.cleanup]
-        task = "command"
-        command = ["true"]
-        after_failure = ["slow"]
-        """
+        '[jobs.slow]\ntask = "command"\ncommand = ["sleep", "30"]\n'
+        + _noop("tail", 'after = ["slow"]')
+        + _noop("cleanup", 'after_failure = ["slow"]')
     )
     runner = project.popen("run", "slow", "--with-downstream")
     wait_for(lambda: [r for r in history("slow") if r["status"] == "running"], 30, "not started")
