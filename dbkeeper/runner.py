@@ -76,10 +76,11 @@ class EndRecorder:
             self._queued.append(end)
             while self._committing and not end.recorded:
                 self._turn.wait()
-            if not end.recorded:
+            leading = not end.recorded  # nobody committed it: this run commits the queue
+            if leading:
                 self._committing = True
                 batch, self._queued = self._queued, []
-        if not end.recorded:
+        if leading:
             try:
                 self._commit(batch)
             finally:
