@@ -92,17 +92,16 @@ class Scheduler:
 
     def _claim_slots(self, moment: datetime) -> list[Claimed]:
         """Claim every due slot in one statement, and move the cursors in another."""
-        states = self.store.job_states()
+        known = self.store.cursors()
         running = self._running_jobs()
         claims: list[Claim] = []
         cursors: dict[str, datetime] = {}
         # In name order: nodes claiming at once take their row locks in the same order.
         for name, schedule in sorted(self.keeper.schedules.items()):
             job = self.keeper.jobs[name]
-            state = states.get(name)
-            if schedule is None or state is None:
+            if schedule is None or name not in known:
                 continue
-            slots = list(schedule.slots(state.cursor or moment, moment))
+            slots = list(schedule.slots(known[name] or moment, moment))
             if slots:
                 cursors[name] = slots[-1]
             if not job.enabled:  # paused or disabled: its slots pass, unrecorded

@@ -444,6 +444,12 @@ class StateStore:
             for row in rows
         }
 
+    def cursors(self) -> dict[str, datetime | None]:
+        """Each registered job's cursor: the last slot accounted for."""
+        with self.reading() as conn:
+            rows = conn.execute(select(jobs_table.c.name, jobs_table.c.cursor)).all()
+        return {name: cursor for name, cursor in rows}
+
     def restart_cursor(self, conn: Connection, job: str, at: datetime) -> None:
         """Start a job's schedule afresh from ``at`` (new, changed or resumed: no catch-up)."""
         conn.execute(
