@@ -109,6 +109,13 @@ class Chains:
         self.keeper.store.lock_jobs(sorted(rows))
         return starting
 
+    def start_after(self, ended: Run) -> None:
+        """Start the jobs after a run whose end was recorded without them (its node died,
+        or stopped during the backoff before a retry), in a transaction of their own."""
+        with self.keeper.store.transaction():
+            [starting] = self.hold([(ended.job, ended.status, True)])
+            self.start(ended, starting)
+
     def stopped(self, name: str) -> list[str]:
         """The jobs of the chain a failed (or skipped) run of ``name`` leaves unstarted."""
         return downstream(self.keeper.jobs, name)

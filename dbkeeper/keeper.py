@@ -381,7 +381,7 @@ class Keeper:
                 continue
             if run.attempt > job.retries:
                 if run.with_downstream:
-                    self._chain_after(replace(run, status=RunStatus.ABANDONED))
+                    self.chains.start_after(replace(run, status=RunStatus.ABANDONED))
                 continue
             retry_id = self.store.claim(
                 run.job,
@@ -395,11 +395,6 @@ class Keeper:
             if retry_id is not None:
                 retries.append(run)
         return retries
-
-    def _chain_after(self, ended: Run) -> None:
-        with self.store.transaction():
-            [starting] = self.chains.hold([(ended.job, ended.status, True)])
-            self.chains.start(ended, starting)
 
     def scheduler(self, role: str) -> Scheduler:
         return Scheduler(self, role)

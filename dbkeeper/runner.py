@@ -184,7 +184,11 @@ class Runner:
                 break
             delay = min(job.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
             log.info("retrying %s in %s", job.name, format_duration(delay))
-            if self.stopping.wait(delay.total_seconds()):
+            if self.stopping.wait(delay.total_seconds()):  # no retry: that was the last
+                if with_downstream and self.ends.chains is not None:
+                    ended = self.store.get_run(run_id)
+                    assert ended is not None
+                    self.ends.chains.start_after(ended)
                 break
             attempt += 1
             retry_id = self.store.claim(

@@ -274,3 +274,23 @@ def test_a_killed_run_counts_as_a_failure_of_its_chain(project: Project, history
     assert runs["cleanup"]["status"] == "succeeded"
     assert runs["cleanup"]["upstream_run"] == runs["slow"]["id"]
     assert [run["job"] for run in ticked.json()] == ["cleanup"]
+
+
+def test_a_node_stopped_before_a_retry_starts_the_jobs_after_the_failure(
+    project: Project, history: History
+) -> None:
+    project.write_config(
+        '[keeper]\nshutdown_grace = "5s"\n'
+        '[jobs.flaky]\ntask = "command"\ncommand = ["false"]\nschedule = "every 2s"\n'
+        'retries = 1\nretry_backoff = "1h"\n' + _noop("cleanup", 'after_failure = ["flaky"]')
+    )
+    node = project.popen("start", "--no-http")
+    try:
+        wait_for(lambda: [r for r in history("flaky") if r["status"] == "failed"], 30, "no run")
+    finally:
+        errors = _stop([node])
+    assert node.returncode == 0, errors
+    failed = [r["id"] for r in history("flaky") if r["status"] == "failed"]
+    cleanups = history("cleanup")
+    assert failed and sorted(r["upstream_run"] for r in cleanups) == sorted(failed)
+    assert {r["status"] for r in cleanups} == {"queued"}, "for the next node to run"
