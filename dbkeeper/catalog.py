@@ -61,6 +61,7 @@ class JobSet:
     schedules: dict[str, Schedule | None]
     sources: dict[str, Source]
     paused: dict[str, Pause] = field(default_factory=dict)
+    # Every stored definition, loaded or not (one this node cannot load can still be fixed).
     definitions: dict[str, JobDefinition] = field(default_factory=dict)
     # Runtime jobs this node cannot load (the config changed under them), with why.
     invalid: dict[str, list[str]] = field(default_factory=dict)
@@ -152,7 +153,7 @@ class Catalog:
             schedules={name: schedules[name] for name in jobs},
             sources={name: sources[name] for name in jobs},
             paused=paused,
-            definitions={d.name: d for d in definitions if d.name in jobs},
+            definitions={d.name: d for d in definitions},
             invalid=invalid,
         )
 
@@ -185,8 +186,6 @@ class Catalog:
         with store.changing_jobs() as conn:
             self.refresh()
             existing = self.current.definitions.get(name)
-            if existing is None and name in self.current.invalid:
-                existing = store_definition(store, name)
             if mode == "add" and existing is not None:
                 raise JobExists(f"job {name!r} exists (change it with PUT or `dbkeeper job set`)")
             if mode == "merge" and existing is None:
@@ -229,7 +228,7 @@ class Catalog:
         store = self.store
         with store.changing_jobs() as conn:
             self.refresh()
-            definition = self.current.definitions.get(name) or store_definition(store, name)
+            definition = self.current.definitions.get(name)
             if definition is None:
                 raise UnknownJob(f"no runtime job named {name!r}")
             dependents = sorted(
@@ -301,11 +300,6 @@ class Catalog:
                     "'_', '-' or '.', starting with a letter or digit"
                 ]
             )
-
-
-def store_definition(store: StateStore, name: str) -> JobDefinition | None:
-    """A stored definition, loaded or not (one this node cannot load can still be fixed)."""
-    return next((d for d in store.definitions() if d.name == name), None)
 
 
 def _read(config: Config) -> str:
