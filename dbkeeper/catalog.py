@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dbkeeper.chains import chain_problems
-from dbkeeper.config import Config, Locator, Surroundings, job_problem, validate_job
+from dbkeeper.config import Config, Surroundings, job_problem, validate_job
 from dbkeeper.errors import ConfigError, DbkeeperError, UnknownJob
 from dbkeeper.jobspec import JobSpec
 from dbkeeper.models import JobDefinition, JobState, Pause
@@ -290,9 +290,9 @@ class Catalog:
         if name in self.python:
             raise ReadOnlyJob(f"job {name!r} is declared in Python; change it there")
         if name in self.declared:
-            line = Locator(_read(self.config), self.config.path).line(("jobs", name))
-            where = f"{self.config.path}:{line}" if line else str(self.config.path)
-            raise ReadOnlyJob(f"job {name!r} is defined in {where}; change it there")
+            raise ReadOnlyJob(
+                f"job {name!r} is defined in {self.config.where(name)}; change it there"
+            )
         if not RUNTIME_NAME.match(name):
             raise ConfigError(
                 [
@@ -300,10 +300,3 @@ class Catalog:
                     "'_', '-' or '.', starting with a letter or digit"
                 ]
             )
-
-
-def _read(config: Config) -> str:
-    try:
-        return config.path.read_text(encoding="utf-8")
-    except OSError:
-        return ""

@@ -104,6 +104,15 @@ class Config:
     schedules: dict[str, Schedule | None] = field(default_factory=dict)
     notify: dict[str, NotifySettings] = field(default_factory=dict)
 
+    def where(self, job: str) -> str:
+        """``file:line`` of a job's table in the config file (the file alone if not found)."""
+        try:
+            source = self.path.read_text(encoding="utf-8")
+        except OSError:
+            source = ""
+        line = Locator(source, self.path).line(("jobs", job))
+        return f"{self.path}:{line}" if line else str(self.path)
+
     @property
     def state_url(self) -> str:
         if self.keeper.state:

@@ -221,15 +221,7 @@ class Keeper:
     def _where(self, job: str) -> str:
         if self.catalog.current.sources[job] == "runtime":
             return "runtime job"
-        locate = config_module.Locator(self._source(), self.config.path)
-        line = locate.line(("jobs", job))
-        return f"{self.config.path}:{line}" if line else str(self.config.path)
-
-    def _source(self) -> str:
-        try:
-            return self.config.path.read_text(encoding="utf-8")
-        except OSError:
-            return ""
+        return self.config.where(job)
 
     def preview(self, name: str) -> dict[str, Any]:
         job = self.get(name)
