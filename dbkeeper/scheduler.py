@@ -85,15 +85,12 @@ class Scheduler:
         with self.store.transaction():
             self.keeper.refresh(hold=True)
             claimed = self._claim_slots(moment)
-        return claimed + self._claim_queued(self._running_jobs())
-
-    def _running_jobs(self) -> set[str]:
-        return self.store.running_jobs()
+        return claimed + self._claim_queued(self.store.running_jobs())
 
     def _claim_slots(self, moment: datetime) -> list[Claimed]:
         """Claim every due slot in one statement, and move the cursors in another."""
         known = self.store.cursors()
-        running = self._running_jobs()
+        running = self.store.running_jobs()
         claims: list[Claim] = []
         cursors: dict[str, datetime] = {}
         # In name order: nodes claiming at once take their row locks in the same order.
@@ -114,9 +111,7 @@ class Scheduler:
                 else:
                     status = RunStatus.QUEUED if name in running else RunStatus.RUNNING
                     error = None
-                claims.append(
-                    Claim(name, slot, status, Trigger.SCHEDULE, self.node.id, error=error)
-                )
+                claims.append(self._slot(name, slot, status, error))
                 running.add(name)
         won = self.store.claim_all(claims)
         self.store.advance_cursors(cursors)
@@ -137,25 +132,18 @@ class Scheduler:
                 f"{len(summarised)} slots from {summarised[0].isoformat()} to "
                 f"{summarised[-1].isoformat()} were missed (recorded as one)"
             )
-            claims.append(
-                Claim(
-                    name,
-                    summarised[0],
-                    RunStatus.MISSED,
-                    Trigger.SCHEDULE,
-                    self.node.id,
-                    error=error,
-                )
-            )
+            claims.append(self._slot(name, summarised[0], RunStatus.MISSED, error))
         for slot in late[len(summarised) :]:
             error = (
                 f"first seen {format_duration(moment - slot)} after its slot; "
                 f"misfire_grace is {format_duration(grace)}"
             )
-            claims.append(
-                Claim(name, slot, RunStatus.MISSED, Trigger.SCHEDULE, self.node.id, error=error)
-            )
+            claims.append(self._slot(name, slot, RunStatus.MISSED, error))
         return claims
+
+    def _slot(self, job: str, slot: datetime, status: RunStatus, error: str | None) -> Claim:
+        """A claim of a scheduled slot by this node."""
+        return Claim(job, slot, status, Trigger.SCHEDULE, self.node.id, error=error)
 
     def _claim_queued(self, running: set[str]) -> list[Claimed]:
         claimed = []
@@ -257,7 +245,7 @@ class Scheduler:
             return self.claim_due(now())
         if not self.store.runs(status=[RunStatus.QUEUED], limit=1):
             return []
-        return self._claim_queued(self._running_jobs())
+        return self._claim_queued(self.store.running_jobs())
 
     def _next_slot(self, moment: datetime) -> datetime:
         """The next slot of any enabled job (or a while from now when none has one).

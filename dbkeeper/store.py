@@ -452,9 +452,7 @@ class StateStore:
 
     def restart_cursor(self, conn: Connection, job: str, at: datetime) -> None:
         """Start a job's schedule afresh from ``at`` (new, changed or resumed: no catch-up)."""
-        conn.execute(
-            self._insert_new(jobs_table, name=job, cursor=at, consecutive_failures=0, updated_at=at)
-        )
+        self.register_jobs([job], at)
         conn.execute(
             update(jobs_table).where(jobs_table.c.name == job).values(cursor=at, updated_at=at)
         )
@@ -549,11 +547,7 @@ class StateStore:
 
     def set_pause(self, conn: Connection, name: str, pause: Pause | None) -> None:
         moment = now()
-        conn.execute(
-            self._insert_new(
-                jobs_table, name=name, cursor=moment, consecutive_failures=0, updated_at=moment
-            )
-        )
+        self.register_jobs([name], moment)
         conn.execute(
             update(jobs_table)
             .where(jobs_table.c.name == name)
@@ -640,11 +634,7 @@ class StateStore:
             won = {(r.job, r.scheduled_for, r.attempt, r.upstream_run): int(r.id) for r in rows}
             ids = [won.get(claim.key) for claim in claims]
             for claim, run_id in zip(claims, ids, strict=True):
-                if (
-                    run_id is not None
-                    and claim.status.final
-                    and claim.status is not RunStatus.SKIPPED
-                ):
+                if run_id is not None and claim.settles:
                     self._settle_job(conn, claim.job, claim.status)
         return ids
 
