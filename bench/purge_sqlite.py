@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import statistics
@@ -114,6 +115,7 @@ def main() -> None:
                 for contender in ("delete", "dbkeeper"):
                     copy = Path(folder) / f"{contender}-{situation}-{round_number}.db"
                     shutil.copy(source, copy)
+                    os.sync()  # the copy's writeback is no contender's work
                     key = f"{situation}/{contender}"
                     if situation == "alone":
                         elapsed = (

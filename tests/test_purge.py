@@ -177,6 +177,55 @@ def test_preview_shows_oldest_newest_and_samples_then_run_deletes_that_many(
     assert db.ids(path, "logs") == list(range(1, 49))
 
 
+def test_rows_out_of_key_order_and_values_that_are_not_times(project: Project) -> None:
+    """The walk covers the whole key range whatever order the times are in: the oldest
+    rows have the highest keys, old and new alternate, times next to the cutoff carry
+    zone offsets (decided by julianday(), not their text), and numbers, blobs, text that
+    is not a time and NULLs are kept."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    cutoff = now - RETENTION
+    rows: list[tuple[int, object]] = []
+    old: set[int] = set()
+    for key in range(1, 401):
+        moment = now - timedelta(days=(key * 37) % 61, hours=key % 24)
+        if key % 5 == 0:  # within a day of the cutoff, as local text of far-off zones
+            moment = cutoff + timedelta(minutes=2 * (key % 25) - 25, hours=(key % 3 - 1) * 10)
+            zone = timezone(timedelta(hours=12 if key % 2 else -11))
+            rows.append((key, moment.astimezone(zone).isoformat()))
+        else:
+            rows.append((key, moment.strftime("%Y-%m-%d %H:%M:%S")))
+        if moment < cutoff:
+            old.add(key)
+    rows += [(1000, (now - timedelta(days=900)).isoformat()), (1001, 5), (1002, b"\x00")]
+    rows += [(1003, "not a time"), (1004, None)]
+    old.add(1000)
+    path = db.create(
+        project.path / "app.db",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, ts);",
+        rows,
+        "INSERT INTO events VALUES (?, ?)",
+    )
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [jobs.trim]
+        task = "purge"
+        database = "app"
+        table = "events"
+        column = "ts"
+        older_than = "30d"
+        column_format = "iso"
+        """
+    )
+    assert project.cli("preview", "trim", "--json").json()["rows"] == len(old)
+    run = project.cli("run", "trim", "--json").json()[0]
+    assert run["status"] == "succeeded", run
+    assert run["rows_affected"] == len(old)
+    assert db.ids(path, "events") == sorted({key for key, _ in rows} - old)
+
+
 def test_where_filters_are_bound_values_on_checked_columns(project: Project) -> None:
     old = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y-%m-%d %H:%M:%S")
     new = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")

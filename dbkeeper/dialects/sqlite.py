@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,36 @@ def data_version(conn: Connection) -> int:
     return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
 
 
+def checkpoint(conn: Connection) -> None:
+    """Copy what our commits left in the WAL into the database file now (passive: nobody
+    waits for it), so that the application's next commit does not pay for it. Without
+    a WAL there is nothing to do."""
+    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+
+
 def julian_to_datetime(value: float | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp((value - _UNIX_EPOCH_JULIAN_DAY) * 86400, UTC)
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Rows matching ``condition`` (a window condition) between the keys ``low`` and ``high``."""
+
+    condition: str
+    low: int
+    high: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: int
+    table_rows: int
+    oldest: datetime | None
+    newest: datetime | None
+    walks: list[Walk]
 
 
 class PurgeQuery:
@@ -83,13 +110,20 @@ class PurgeQuery:
             self.params["cutoff"] = time_format.cutoff_value(cutoff)
         for index, (_, value) in enumerate(self.filters):
             self.params[f"filter_{index}"] = value
-        self.condition = self._condition("")
-        # Within a key window the key must drive the scan: '+' keeps indexes on the
-        # time and filter columns out of the planner's choice.
-        self.window_condition = self._condition("+")
+        self.condition = self._whole_condition()
 
-    def _condition(self, prefix: str) -> str:
-        column = prefix + self.column
+    def _filters(self, prefix: str) -> str:
+        condition = ""
+        for index, (name, value) in enumerate(self.filters):
+            if value is None:
+                condition += f" AND {prefix}{name} IS NULL"
+            else:
+                condition += f" AND {prefix}{name} = :filter_{index}"
+        return condition
+
+    def _whole_condition(self) -> str:
+        """Every row to delete, in one range of an index on the time column."""
+        column = self.column
         if self.time_format is TimeFormat.ISO:
             # ISO text sorts by date, and no zone offset moves a time by a whole day:
             # text before the day ahead of the cutoff's day is certainly older, text
@@ -102,43 +136,77 @@ class PurgeQuery:
             )
         else:
             condition = f"{column} < :cutoff"
-        for index, (name, value) in enumerate(self.filters):
-            if value is None:
-                condition += f" AND {prefix}{name} IS NULL"
-            else:
-                condition += f" AND {prefix}{name} = :filter_{index}"
-        return condition
+        return condition + self._filters("")
 
-    def plan(self, conn: Connection) -> dict[str, Any]:
-        """Exact count, oldest and newest affected times, and the key range to walk."""
+    def _parts(self) -> list[tuple[str, str, bool]]:
+        """The whole condition as disjoint parts, each cheap per row: for ISO text the rows
+        certainly older by their text alone, then the narrow band where julianday()
+        decides. Each part as (condition, window condition, narrow): in a window
+        condition ('+' before the columns) no index on the time or filter columns can
+        drive the scan; within a key window the key must."""
+
+        def both(build: Callable[[str], str], narrow: bool) -> tuple[str, str, bool]:
+            plain = build(self.column) + self._filters("")
+            return plain, build("+" + self.column) + self._filters("+"), narrow
+
         if self.time_format is TimeFormat.ISO:
-            count, key_low, key_high = conn.execute(
-                text(
-                    f"SELECT count(*), min({self.key}), max({self.key}) "
-                    f"FROM {self.table} WHERE {self.condition}"
+            return [
+                both(lambda column: f"{column} >= '0' AND {column} < :text_sure", False),
+                both(
+                    lambda column: (
+                        f"{column} >= :text_sure AND {column} < :text_bound "
+                        f"AND julianday({column}) < julianday(:cutoff)"
+                    ),
+                    True,
                 ),
-                self.params,
-            ).one()
+            ]
+        return [both(lambda column: f"{column} < :cutoff", False)]
+
+    def plan(self, conn: Connection) -> Plan:
+        """Exact count, oldest and newest affected times, and the key ranges to walk.
+
+        A narrow part is walked over its own key range. A wide one is walked from the
+        table's first key and ends once its planned rows are gone: its lowest and highest
+        keys would cost a pass over its whole index range, more than the count."""
+        first, last = (
+            conn.execute(text(f"SELECT {edge}({self.key}) FROM {self.table}")).scalar()
+            for edge in ("min", "max")
+        )
+        walks = []
+        for condition, window, narrow in self._parts():
+            if narrow:
+                count, low, high = conn.execute(
+                    text(
+                        f"SELECT count(*), min({self.key}), max({self.key}) "
+                        f"FROM {self.table} WHERE {condition}"
+                    ),
+                    self.params,
+                ).one()
+            else:
+                count = conn.execute(
+                    text(f"SELECT count(*) FROM {self.table} WHERE {condition}"), self.params
+                ).scalar_one()
+                low, high = first, last
+            if count:
+                walks.append(Walk(window, int(low), int(high), int(count)))
+        if self.time_format is TimeFormat.ISO:
             oldest, newest = self._iso_edge(conn, "ASC"), self._iso_edge(conn, "DESC")
         else:
-            row = conn.execute(
+            oldest, newest = conn.execute(
                 text(
-                    f"SELECT count(*), min({self.column}), max({self.column}), "
-                    f"min({self.key}), max({self.key}) FROM {self.table} WHERE {self.condition}"
+                    f"SELECT min({self.column}), max({self.column}) FROM {self.table} "
+                    f"WHERE {self.condition}"
                 ),
                 self.params,
             ).one()
-            count, oldest, newest, key_low, key_high = row
-        oldest, newest = self._to_datetime(oldest), self._to_datetime(newest)
         total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
-        return {
-            "rows": int(count),
-            "table_rows": int(total),
-            "oldest": oldest,
-            "newest": newest,
-            "key_low": key_low,
-            "key_high": key_high,
-        }
+        return Plan(
+            rows=sum(walk.rows for walk in walks),
+            table_rows=int(total),
+            oldest=self._to_datetime(oldest),
+            newest=self._to_datetime(newest),
+            walks=walks,
+        )
 
     def _iso_edge(self, conn: Connection, order: str) -> Any:
         """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,
@@ -199,14 +267,14 @@ class PurgeQuery:
         return [dict(row._mapping) for row in result]
 
     def delete_window(
-        self, conn: Connection, low: int, high: int, archive: Archive | None = None
+        self, conn: Connection, walk: Walk, low: int, high: int, archive: Archive | None = None
     ) -> int:
-        """Delete matching rows with low <= key < high in one short write transaction.
+        """Delete the walk's rows with low <= key < high in one short write transaction.
 
         With ``archive``, the rows are read and durably archived inside that transaction,
         before they are deleted: nobody can change them in between."""
         raw = driver(conn)
-        window = f"{self.key} >= :low AND {self.key} < :high AND {self.window_condition}"
+        window = f"{self.key} >= :low AND {self.key} < :high AND {walk.condition}"
         params = {**self.params, "low": low, "high": high}
         batch = None
         raw.execute("BEGIN IMMEDIATE")

@@ -113,14 +113,14 @@ class PurgeJob(JobSpec):
                 else None
             )
         return {
-            "rows": plan["rows"],
-            "table_rows": plan["table_rows"],
+            "rows": plan.rows,
+            "table_rows": plan.table_rows,
             "cutoff": self.cutoff(ctx.now),
-            "oldest": plan["oldest"],
-            "newest": plan["newest"],
+            "oldest": plan.oldest,
+            "newest": plan.newest,
             "format": query.time_format.value,
             "samples": samples,
-            "would_refuse": self.refusal(plan["rows"], plan["table_rows"]),
+            "would_refuse": self.refusal(plan.rows, plan.table_rows),
             "archive": self.archive,
             "owners": owners,
         }
@@ -138,21 +138,21 @@ class PurgeJob(JobSpec):
             archive = self.archive_for(ctx, query.key) if self.archive else None
             recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
-            refusal = self.refusal(plan["rows"], plan["table_rows"])
+            refusal = self.refusal(plan.rows, plan.table_rows)
             if refusal:
                 raise RefusedError(refusal)
-            total = plan["rows"]
             result: dict[str, Any] = {
                 "cutoff": cutoff.isoformat(),
                 "format": query.time_format.value,
-                "planned": total,
-                "oldest": plan["oldest"].isoformat() if plan["oldest"] else None,
+                "planned": plan.rows,
+                "oldest": plan.oldest.isoformat() if plan.oldest else None,
             }
             if archive is not None:
                 result["archive_recovery"] = recovered
-            if total == 0:
+            if plan.rows == 0:
                 return Outcome(0, {**result, "batches": 0}, "nothing older than the cutoff")
             deleted = self._delete(ctx, conn, query, plan, version, result, archive)
+            sqlite_sql.checkpoint(conn)
         if archive is not None:
             result.update(archived=archive.written, archive_files=sorted(archive.files))
             summary += f", archived to {', '.join(sorted(Path(f).name for f in archive.files))}"
@@ -163,40 +163,39 @@ class PurgeJob(JobSpec):
         ctx: RunContext,
         conn: Any,
         query: sqlite_sql.PurgeQuery,
-        plan: dict[str, Any],
+        plan: sqlite_sql.Plan,
         version: int,
         result: dict[str, Any],
         archive: Archive | None,
     ) -> int:
         pacer = Pacer()
-        low, last = int(plan["key_low"]), int(plan["key_high"])
         deleted = batches = 0
         longest = 0.0
         started = time.monotonic()
         raw = sqlite_sql.driver(conn)
         with ctx.token.interrupting(raw.interrupt):
-            while low <= last:
-                ctx.check_cancelled()
-                current = sqlite_sql.data_version(conn)
-                if current != version:
-                    pacer.others_wrote()
-                    version = current
-                high = min(low + pacer.width, last + 1)
-                began = time.monotonic()
-                try:
-                    deleted += query.delete_window(conn, low, high, archive)
-                except sqlite3.OperationalError:
+            for walk in plan.walks:
+                low, walked = walk.low, deleted
+                while low <= walk.high and deleted - walked < walk.rows:
                     ctx.check_cancelled()
-                    raise
-                elapsed = time.monotonic() - began
-                longest = max(longest, elapsed)
-                batches += 1
-                low = high
-                result.update(deleted=deleted, batches=batches)
-                ctx.progress(100 * deleted / plan["rows"], deleted)
-                pause = pacer.record(elapsed)
-                if ctx.token.wait(pause):
-                    raise Cancelled(ctx.token.reason)
+                    current = sqlite_sql.data_version(conn)
+                    if current != version:
+                        pacer.others_wrote()
+                        version = current
+                    high = min(low + pacer.width, walk.high + 1)
+                    began = time.monotonic()
+                    try:
+                        deleted += query.delete_window(conn, walk, low, high, archive)
+                    except sqlite3.OperationalError:
+                        ctx.check_cancelled()
+                        raise
+                    elapsed = time.monotonic() - began
+                    longest = max(longest, elapsed)
+                    batches += 1
+                    low = high
+                    result.update(deleted=deleted, batches=batches)
+                    ctx.progress(100 * deleted / plan.rows, deleted)
+                    _pause(ctx, conn, pacer.record(elapsed), version)
         result.update(
             deleted=deleted,
             batches=batches,
@@ -204,3 +203,14 @@ class PurgeJob(JobSpec):
             seconds=round(time.monotonic() - started, 3),
         )
         return deleted
+
+
+def _pause(ctx: RunContext, conn: Any, seconds: float, version: int) -> None:
+    """Leave the write lock free for up to ``seconds``, and no longer once another
+    connection has committed: the writer that waited for the lock has had its turn."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.token.wait(min(left, 0.001)):
+            raise Cancelled(ctx.token.reason)
+        if sqlite_sql.data_version(conn) != version:
+            return
