@@ -242,6 +242,14 @@ def drop_partition(
 # -- purge windows ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Walk:
+    """A walk over a heap: the rows it is to delete, and its blocks."""
+
+    rows: int
+    blocks: int
+
+
 class PurgeQuery:
     """The SQL of one purge on one heap table: which rows, block window by block window."""
 
@@ -269,23 +277,43 @@ class PurgeQuery:
                 self.params[f"filter_{index}"] = value
         self.condition = condition
 
-    def plan(self, conn: Connection) -> dict[str, Any]:
-        """Exact count, oldest and newest affected times, and the heap blocks to walk."""
-        count, oldest, newest, low, high = conn.execute(
+    def plan(self, conn: Connection) -> Walk:
+        """Exact count of the rows to delete, and the heap's blocks to walk for them.
+
+        The walk goes from the first block and ends once the planned rows are gone (or at
+        the last block): the lowest and highest blocks that hold them would cost a pass
+        over every matching row, where the count reads only an index on the column."""
+        rows = conn.execute(
+            text(f"SELECT count(*) FROM {self.table} WHERE {self.condition}"), self.params
+        ).scalar_one()
+        blocks = conn.execute(
             text(
-                f"SELECT count(*), min({self.column}), max({self.column}), "
-                "(min(ctid)::text::point)[0]::bigint, (max(ctid)::text::point)[0]::bigint "
-                f"FROM {self.table} WHERE {self.condition}"
+                "SELECT pg_relation_size(CAST(:table AS regclass)) "
+                "/ current_setting('block_size')::bigint"
+            ),
+            {"table": self.table},
+        ).scalar_one()
+        return Walk(int(rows), int(blocks))
+
+    def edges(self, conn: Connection) -> tuple[datetime | None, datetime | None]:
+        """The oldest and newest times of the rows to delete."""
+        oldest, newest = conn.execute(
+            text(
+                f"SELECT min({self.column}), max({self.column}) FROM {self.table} "
+                f"WHERE {self.condition}"
             ),
             self.params,
         ).one()
-        return {
-            "rows": int(count),
-            "oldest": self.time.to_datetime(oldest),
-            "newest": self.time.to_datetime(newest),
-            "block_low": low,
-            "block_high": high,
-        }
+        return self.time.to_datetime(oldest), self.time.to_datetime(newest)
+
+    def any_kept(self, conn: Connection) -> bool:
+        """Whether a row at or after the cutoff exists: then the purge certainly keeps some
+        rows. Asked as the newest time, which an index on the column answers at once
+        (an EXISTS may be planned as a scan that meets the old rows first)."""
+        found = conn.execute(
+            text(f"SELECT max({self.column}) >= :cutoff FROM {self.table}"), self.params
+        ).scalar_one()
+        return bool(found)
 
     def any_left(self, conn: Connection) -> bool:
         """Whether any row still matches (cheap: stops at the first one)."""

@@ -43,18 +43,14 @@ class Plan:
     """What one purge will do: whole partitions to drop and heap relations to walk."""
 
     query: dict[str, pg.PurgeQuery]  # relation -> query
-    walks: dict[str, dict[str, Any]]  # relation -> plan
+    walks: dict[str, pg.Walk]  # relation -> walk
     drops: dict[str, int]  # partition -> rows
-    table_rows: int
+    whole: pg.PurgeQuery  # over the whole table, partitions to drop included
     column: pg.TimeColumn
 
     @property
     def rows(self) -> int:
-        return sum(self.drops.values()) + sum(int(walk["rows"]) for walk in self.walks.values())
-
-    def extreme(self, key: str, pick: Any) -> Any:
-        found = [walk[key] for walk in self.walks.values() if walk[key] is not None]
-        return pick(found) if found else None
+        return sum(self.drops.values()) + sum(walk.rows for walk in self.walks.values())
 
 
 def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
@@ -79,8 +75,8 @@ def make_plan(job: PurgeJob, ctx: RunContext, conn: Connection) -> Plan:
         for relation in relations
     }
     walks = {relation: query.plan(conn) for relation, query in queries.items()}
-    table_rows = pg.relation_rows(target, conn, job.table)
-    return Plan(queries, walks, drops, table_rows, column)
+    whole = pg.PurgeQuery(target, job.table, column, cutoff, job.where)
+    return Plan(queries, walks, drops, whole, column)
 
 
 def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
@@ -91,21 +87,22 @@ def preview(job: PurgeJob, ctx: RunContext) -> dict[str, Any]:
         for query in plan.query.values():
             if len(samples) < job.sample_rows:
                 samples += query.samples(conn, job.sample_rows - len(samples))
+        # Over the whole table: rows of partitions to be dropped count too.
+        oldest, newest = plan.whole.edges(conn)
         owners = None
         if job.owner_column:
-            # Over the whole table: rows of partitions to be dropped count too.
-            whole = pg.PurgeQuery(target, job.table, plan.column, job.cutoff(ctx.now), job.where)
-            owners = whole.owners(conn, target.quote(job.owner_column), MAX_OWNERS)
+            owners = plan.whole.owners(conn, target.quote(job.owner_column), MAX_OWNERS)
+        table_rows = pg.relation_rows(target, conn, job.table)
     return {
         "rows": plan.rows,
-        "table_rows": plan.table_rows,
+        "table_rows": table_rows,
         "cutoff": job.cutoff(ctx.now),
-        "oldest": plan.extreme("oldest", min),
-        "newest": plan.extreme("newest", max),
+        "oldest": oldest,
+        "newest": newest,
         "format": plan.column.kind,
         "drop_partitions": plan.drops,
         "samples": samples,
-        "would_refuse": job.refusal(plan.rows, plan.table_rows),
+        "would_refuse": job.refusal(plan.rows, table_rows),
         "archive": job.archive,
         "owners": owners,
     }
@@ -131,9 +128,12 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
         }
         if archive is not None:
             result["archive_recovery"] = recovered
-        refusal = job.refusal(plan.rows, plan.table_rows)
-        if refusal:
-            raise RefusedError(refusal)
+        # The guard counts the table only when no row at or after the cutoff shows at
+        # once (through an index on the column) that some rows stay.
+        if not plan.whole.any_kept(conn):
+            refusal = job.refusal(plan.rows, pg.relation_rows(target, conn, job.table))
+            if refusal:
+                raise RefusedError(refusal)
         purge = Purge(job, ctx, conn, plan.rows, result, archive)
         for partition, rows in plan.drops.items():
             drop = partial(pg.drop_partition, target, conn, job.table, partition)
@@ -161,26 +161,28 @@ class Purge:
     archive: Archive | None
     deleted: int = 0
 
-    def sweep(self, query: pg.PurgeQuery, walk: dict[str, Any]) -> None:
+    def sweep(self, query: pg.PurgeQuery, walk: pg.Walk) -> None:
         """Walk the relation, then again while rows are left: rows locked by the
-        application were skipped, and rows it updated may have moved to blocks walked."""
+        application were skipped, and rows it updated may have moved to blocks walked.
+        A walk that deleted every planned row without skipping any needs no look."""
         for sweep in range(MAX_SWEEPS):
             if sweep:
                 self.result["sweeps"] = sweep
                 if self.ctx.token.wait(min(0.5 * 2 ** (sweep - 1), 5.0)):
                     raise Cancelled(self.ctx.token.reason)
-            self.walk(query, walk)
-            if not query.any_left(self.conn):
+            if self.walk(query, walk) or not query.any_left(self.conn):
                 return
             walk = query.plan(self.conn)
-        self.result["left_for_next_run"] = self.result.get("left_for_next_run", 0) + walk["rows"]
+        self.result["left_for_next_run"] = self.result.get("left_for_next_run", 0) + walk.rows
 
-    def walk(self, query: pg.PurgeQuery, walk: dict[str, Any]) -> None:
-        """Delete block window by block window; each window is one bounded transaction."""
-        if not walk["rows"]:
-            return
+    def walk(self, query: pg.PurgeQuery, walk: pg.Walk) -> bool:
+        """Delete block window by block window, each window one bounded transaction, until
+        the walk's rows are gone or its last block is passed. True when it deleted as many
+        rows as planned and skipped no locked row."""
+        if not walk.rows:
+            return True
         job, ctx, result = self.job, self.ctx, self.result
-        low, last = int(walk["block_low"]), int(walk["block_high"])
+        low, last, before = 0, walk.blocks, self.deleted
         width = FIRST_WIDTH
         target = min(TARGET, job.lock_timeout.total_seconds() / 4)
         give_ups = 0
@@ -188,7 +190,7 @@ class Purge:
         # Plain deletes wait at most FAST_LOCK_WAIT for a lock; once one had to give up,
         # the table is contended and windows skip locked rows (sweeps come back for them).
         skip_locked = bool(result.get("skip_locked"))
-        while low <= last:
+        while low <= last and self.deleted - before < walk.rows:
             ctx.check_cancelled()
             high = min(low + width, last + 1)
             began = time.monotonic()
@@ -235,6 +237,7 @@ class Purge:
                 width = max(1, width // 2)
             ctx.progress(100 * self.deleted / max(self.planned, 1), self.deleted)
         result["longest_batch_ms"] = round(longest, 1)
+        return self.deleted - before >= walk.rows and not skip_locked
 
 
 def _retrying(
