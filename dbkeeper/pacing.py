@@ -1,11 +1,13 @@
 """Batch sizing for destructive work that must not starve the application's writers.
 
 Each batch is one short write transaction. Alone, batches grow until each takes
-about ``alone_target``; once another connection is seen committing, batches
-shrink to about ``shared_target`` and each is followed by a pause at least as
-long, so a waiting writer's busy handler (which sleeps 1, 2, 5, 10, 25 ms...)
-finds the lock free within a few milliseconds. After ``quiet_period`` with no
-one else committing, batches grow again.
+about ``alone_target``; once the application is seen writing (on SQLite another
+connection committed, on PostgreSQL a statement waited for a batch's row locks),
+batches shrink to about ``shared_target``. On SQLite, whose one write lock the
+application's writer must wait for, each batch is then followed by a pause at
+least as long, so that the writer's busy handler (which sleeps 1, 2, 5, 10, 25
+ms...) finds the lock free within a few milliseconds. After ``quiet_period`` with
+no sign of the application, batches grow again.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
@@ -250,6 +250,26 @@ class Walk:
     blocks: int
 
 
+class Window(NamedTuple):
+    """What one window's transaction did: rows deleted, and whether another session was
+    waiting for its locks when it was about to commit."""
+
+    rows: int
+    blocking: bool
+
+
+def blocking_others(conn: Connection) -> bool:
+    """Whether another session waits for a lock this transaction holds. Asked just before
+    the commit: whoever waits for our row locks waits until then, so none is missed."""
+    found = conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+            "WHERE pg_backend_pid() = ANY (pg_blocking_pids(pid)))"
+        )
+    ).scalar_one()
+    return bool(found)
+
+
 class PurgeQuery:
     """The SQL of one purge on one heap table: which rows, block window by block window."""
 
@@ -354,7 +374,7 @@ class PurgeQuery:
         lock_timeout: timedelta,
         statement: timedelta,
         skip_locked: bool,
-    ) -> int:
+    ) -> Window:
         """Delete matching rows in heap blocks [low, high) in one short transaction.
 
         With ``skip_locked``, rows another session has locked are skipped, not waited
@@ -373,7 +393,8 @@ class PurgeQuery:
             result = conn.execute(
                 text(sql), {**self.params, "low": f"({low},0)", "high": f"({high},0)"}
             )
-        return int(result.rowcount)
+            blocking = blocking_others(conn)
+        return Window(int(result.rowcount), blocking)
 
     def archive_window(
         self,
@@ -382,7 +403,7 @@ class PurgeQuery:
         timeouts: tuple[timedelta, timedelta],
         skip_locked: bool,
         archive: Archive,
-    ) -> int:
+    ) -> Window:
         """Like ``delete_window``, archiving the rows first: they are locked, read and
         durably archived in the transaction that deletes them, so none can change between."""
         low, high = window
@@ -402,7 +423,7 @@ class PurgeQuery:
             columns = list(cursor.keys())[2:]
             rows = cursor.all()
             if not rows:
-                return 0
+                return Window(0, False)
             batch = archive.write(columns, [row[2:] for row in rows], [row[1] for row in rows])
             deleted = conn.execute(
                 text(f"DELETE FROM {self.table} WHERE ctid = ANY(CAST(:ctids AS tid[]))"),
@@ -410,8 +431,9 @@ class PurgeQuery:
             ).rowcount
             if deleted != batch.rows:
                 raise TargetError(f"archived {batch.rows} rows but the delete matched {deleted}")
+            blocking = blocking_others(conn)
         archive.done(batch)
-        return int(deleted)
+        return Window(int(deleted), blocking)
 
 
 @dataclass(frozen=True)

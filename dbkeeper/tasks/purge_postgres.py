@@ -17,6 +17,7 @@ from dbkeeper.archive import Archive
 from dbkeeper.context import RunContext
 from dbkeeper.dialects import postgres as pg
 from dbkeeper.errors import Cancelled, RefusedError, TargetError
+from dbkeeper.pacing import Pacer
 from dbkeeper.schedule import load_timezone
 
 if TYPE_CHECKING:
@@ -25,10 +26,13 @@ if TYPE_CHECKING:
 # Owners listed in a preview or a warning, the most rows first.
 MAX_OWNERS = 1000
 # Block windows start small and grow while batches stay under TARGET seconds (less when
-# lock_timeout is short: an application statement may wait for a whole batch).
+# lock_timeout is short: an application statement may wait for a whole batch). Once an
+# application statement was found waiting for a window's locks, windows shrink to about
+# SHARED_TARGET seconds until none has waited for a while.
 FIRST_WIDTH = 32
 MAX_WIDTH = 65_536
 TARGET = 0.2
+SHARED_TARGET = 0.01
 # Give up on a table after this many consecutive batches that could not get their locks.
 MAX_GIVE_UPS = 20
 # How long a plain delete waits for a lock before the walk switches to skipping locked rows.
@@ -134,7 +138,14 @@ def run(job: PurgeJob, ctx: RunContext) -> tuple[int, dict[str, Any]]:
             refusal = job.refusal(plan.rows, pg.relation_rows(target, conn, job.table))
             if refusal:
                 raise RefusedError(refusal)
-        purge = Purge(job, ctx, conn, plan.rows, result, archive)
+        pacer = Pacer(
+            width=FIRST_WIDTH,
+            minimum=1,
+            maximum=MAX_WIDTH,
+            alone_target=min(TARGET, job.lock_timeout.total_seconds() / 4),
+            shared_target=SHARED_TARGET,
+        )
+        purge = Purge(job, ctx, conn, plan.rows, result, archive, pacer)
         for partition, rows in plan.drops.items():
             drop = partial(pg.drop_partition, target, conn, job.table, partition)
             _retrying(ctx, f"dropping partition {partition!r}", drop, job.lock_timeout)
@@ -159,6 +170,7 @@ class Purge:
     planned: int
     result: dict[str, Any]
     archive: Archive | None
+    pacer: Pacer
     deleted: int = 0
 
     def sweep(self, query: pg.PurgeQuery, walk: pg.Walk) -> None:
@@ -183,8 +195,7 @@ class Purge:
             return True
         job, ctx, result = self.job, self.ctx, self.result
         low, last, before = 0, walk.blocks, self.deleted
-        width = FIRST_WIDTH
-        target = min(TARGET, job.lock_timeout.total_seconds() / 4)
+        pacer = self.pacer
         give_ups = 0
         longest = result.get("longest_batch_ms", 0.0)
         # Plain deletes wait at most FAST_LOCK_WAIT for a lock; once one had to give up,
@@ -192,16 +203,16 @@ class Purge:
         skip_locked = bool(result.get("skip_locked"))
         while low <= last and self.deleted - before < walk.rows:
             ctx.check_cancelled()
-            high = min(low + width, last + 1)
+            high = min(low + pacer.width, last + 1)
             began = time.monotonic()
             wait = job.lock_timeout if skip_locked else min(job.lock_timeout, FAST_LOCK_WAIT)
             try:
                 if self.archive is None:
-                    self.deleted += query.delete_window(
+                    window = query.delete_window(
                         self.conn, low, high, wait, job.statement_timeout, skip_locked
                     )
                 else:
-                    self.deleted += query.archive_window(
+                    window = query.archive_window(
                         self.conn,
                         (low, high),
                         (wait, job.statement_timeout),
@@ -222,19 +233,22 @@ class Purge:
                         f"their locks within lock_timeout={job.lock_timeout.total_seconds():g}s "
                         "or finish within statement_timeout; another session holds them"
                     ) from None
-                width = max(1, width // 2)
+                pacer.width = max(pacer.minimum, pacer.width // 2)
                 if ctx.token.wait(min(0.1 * 2**give_ups, 5.0)):
                     raise Cancelled(ctx.token.reason) from None
                 continue
             elapsed = time.monotonic() - began
+            self.deleted += window.rows
             give_ups = 0
             longest = max(longest, elapsed * 1000)
             result["batches"] += 1
             low = high
-            if elapsed < target / 2:
-                width = min(width * 2, MAX_WIDTH)
-            elif elapsed > target * 2:
-                width = max(1, width // 2)
+            if window.blocking:
+                pacer.others_wrote()
+                result["waited_for"] = result.get("waited_for", 0) + 1
+            # Row locks need no pause after a window: whoever waited for one goes on at
+            # the commit. Only the width follows the pacer.
+            pacer.record(elapsed)
             ctx.progress(100 * self.deleted / max(self.planned, 1), self.deleted)
         result["longest_batch_ms"] = round(longest, 1)
         return self.deleted - before >= walk.rows and not skip_locked
