@@ -3,8 +3,9 @@ batch so memory stays flat whatever the size.
 
 SQLite is read through Arrow's ADBC driver straight into pyarrow's writers; PostgreSQL
 CSV comes from ``COPY ... TO STDOUT`` and Parquet through the ADBC PostgreSQL driver.
-The rows are counted in the same snapshot (one read transaction) as they are exported,
-and the file is accepted only if the two agree. The new file is written under a
+The file is accepted only if the rows written agree with the rows the database holds:
+counted in the same snapshot (one read transaction) as they are exported, or for COPY
+the rows PostgreSQL reports it sent. The new file is written under a
 temporary name and renamed over the old one, which is kept as a timestamped version
 (the newest ``keep`` versions stay).
 """
@@ -227,23 +228,23 @@ def _writer(out: Path, schema: Any) -> Iterator[Any]:
 
 
 def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
-    """PostgreSQL's own CSV writer, COPY, in a REPEATABLE READ snapshot with the count."""
+    """PostgreSQL's own CSV writer, COPY (one statement: one snapshot). Returns the rows
+    PostgreSQL says it sent and the rows that arrived (one per message after the header)."""
     import psycopg
 
     with psycopg.connect(target.libpq_url(), application_name=ctx.application_name) as conn:
         with ctx.token.interrupting(conn.cancel):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = conn.execute(f"SELECT count(*) FROM ({query}) AS s").fetchone()
-            counted = int(row[0]) if row else 0
             compress = out.name.endswith(".gz.tmp")
             with (
                 gzip.open(out, "wb", compresslevel=6) if compress else open(out, "wb") as sink,
                 conn.cursor() as cursor,
             ):
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
+                messages = 0
                 with cursor.copy(copy_sql) as copy:
                     for chunk in copy:
                         sink.write(chunk)
-                written = cursor.rowcount
-            ctx.progress(100, written)
-    return counted, written
+                        messages += 1
+                sent = cursor.rowcount
+            ctx.progress(100, sent)
+    return sent, messages - 1
