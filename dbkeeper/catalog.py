@@ -18,6 +18,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from dbkeeper.chains import chain_problems
@@ -65,6 +66,17 @@ class JobSet:
     definitions: dict[str, JobDefinition] = field(default_factory=dict)
     # Runtime jobs this node cannot load (the config changed under them), with why.
     invalid: dict[str, list[str]] = field(default_factory=dict)
+
+    @cached_property
+    def followers(self) -> dict[tuple[str, bool], list[str]]:
+        """The jobs an end of a job starts: (job, succeeded) -> their names, in order."""
+        found: dict[tuple[str, bool], list[str]] = {}
+        for name, job in sorted(self.jobs.items()):
+            for upstream in job.after:
+                found.setdefault((upstream, True), []).append(name)
+            for upstream in job.after_failure:
+                found.setdefault((upstream, False), []).append(name)
+        return found
 
 
 class Catalog:

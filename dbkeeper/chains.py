@@ -25,6 +25,7 @@ from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.store import now
 
 if TYPE_CHECKING:
+    from dbkeeper.catalog import JobSet
     from dbkeeper.jobspec import JobSpec
     from dbkeeper.keeper import Keeper
 
@@ -69,24 +70,22 @@ def describe(job: JobSpec) -> str:
     return "; ".join(parts)
 
 
-def next_jobs(jobs: Mapping[str, JobSpec], name: str, status: RunStatus) -> list[str]:
+def next_jobs(current: JobSet, name: str, status: RunStatus) -> list[str]:
     """The jobs an end of ``name`` with ``status`` starts."""
-    if status is RunStatus.SUCCEEDED:
-        return sorted(other for other, job in jobs.items() if name in job.after)
-    if status.failure:
-        return sorted(other for other, job in jobs.items() if name in job.after_failure)
+    if status is RunStatus.SUCCEEDED or status.failure:
+        return list(current.followers.get((name, status is RunStatus.SUCCEEDED), []))
     return []
 
 
-def downstream(jobs: Mapping[str, JobSpec], name: str) -> list[str]:
+def downstream(current: JobSet, name: str) -> list[str]:
     """Every job a success of ``name`` leads to, directly or through others, in order."""
     found: list[str] = []
-    waiting = next_jobs(jobs, name, RunStatus.SUCCEEDED)
+    waiting = next_jobs(current, name, RunStatus.SUCCEEDED)
     while waiting:
         job = waiting.pop(0)
         if job not in found:
             found.append(job)
-            waiting += next_jobs(jobs, job, RunStatus.SUCCEEDED)
+            waiting += next_jobs(current, job, RunStatus.SUCCEEDED)
     return found
 
 
@@ -101,9 +100,9 @@ class Chains:
         set of jobs, and lock the rows of the jobs ending and of the jobs their chained ends
         start, in name order (as claims do: no deadlock). The jobs each end starts."""
         self.keeper.refresh(hold=True)
-        jobs = self.keeper.jobs
+        current = self.keeper.catalog.current
         starting = [
-            next_jobs(jobs, name, status) if chained else [] for name, status, chained in ends
+            next_jobs(current, name, status) if chained else [] for name, status, chained in ends
         ]
         rows = {name for name, _, _ in ends} | {name for names in starting for name in names}
         self.keeper.store.lock_jobs(sorted(rows))
@@ -118,7 +117,7 @@ class Chains:
 
     def stopped(self, name: str) -> list[str]:
         """The jobs of the chain a failed (or skipped) run of ``name`` leaves unstarted."""
-        return downstream(self.keeper.jobs, name)
+        return downstream(self.keeper.catalog.current, name)
 
     def start(self, run: Run, starting: list[str]) -> None:
         """After the end of ``run`` is recorded, in the same transaction: one run of each job

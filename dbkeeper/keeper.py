@@ -451,7 +451,7 @@ class Keeper:
                     "after": job.after,
                     "after_any": job.after_any,
                     "after_failure": job.after_failure,
-                    "downstream": chain_module.downstream(current.jobs, name),
+                    "downstream": chain_module.downstream(current, name),
                     "last_run": last[name].to_dict() if name in last else None,
                     "health": verdict.health.value,
                     "health_reason": verdict.reason,

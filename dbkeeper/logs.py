@@ -1,12 +1,18 @@
 """Logs for people on stderr, and in daily files (``keeper.log_dir``) pruned after
-``keeper.log_retention``; ``--log-format json`` writes one JSON object per line instead."""
+``keeper.log_retention``; ``--log-format json`` writes one JSON object per line instead.
+
+Threads only put their records on a queue; one thread formats and writes them, so a
+busy scheduler's workers never queue behind each other's writes."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 from datetime import UTC, datetime, timedelta
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import IO
 
@@ -76,20 +82,33 @@ class DailyFileHandler(logging.Handler):
         super().close()
 
 
+_writer: QueueListener | None = None
+
+
 def setup(kind: str, debug: bool) -> logging.Handler:
     """Logging for a command: warnings on stderr (everything with ``debug``); the returned
     stderr handler's level can be lowered by commands that narrate (``start``)."""
+    global _writer
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(formatter(kind))
     stderr.setLevel(logging.DEBUG if debug else logging.WARNING)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    if _writer is not None:  # a second command in one process
+        atexit.unregister(_writer.stop)
+        _writer.stop()
+    _writer = QueueListener(records, stderr, respect_handler_level=True)
+    _writer.start()
+    atexit.register(_writer.stop)
     root = logging.getLogger()
-    root.handlers[:] = [stderr]
+    root.handlers[:] = [QueueHandler(records)]
     root.setLevel(logging.WARNING)
     logging.getLogger("dbkeeper").setLevel(logging.DEBUG if debug else logging.INFO)
     return stderr
 
 
 def to_files(folder: Path, retention: timedelta, kind: str) -> None:
+    """Also write dbkeeper's records (and other libraries' warnings) to daily files."""
+    assert _writer is not None, "setup() comes first"
     handler = DailyFileHandler(folder, retention)
     handler.setFormatter(formatter(kind))
-    logging.getLogger("dbkeeper").addHandler(handler)
+    _writer.handlers = (*_writer.handlers, handler)

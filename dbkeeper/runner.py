@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from dbkeeper.context import CancelToken, Outcome, ProgressCallback, RunContext
 from dbkeeper.errors import Cancelled, DbkeeperError
 from dbkeeper.models import Run, RunStatus, Trigger
+from dbkeeper.store import Ending, now
 from dbkeeper.units import format_duration
 
 if TYPE_CHECKING:
@@ -47,14 +48,16 @@ class Attempt:
 
 @dataclass
 class End:
-    """A run's end, to record: its job, run, attempt's outcome, and whether it is the final
-    attempt of a run that starts the jobs after it."""
+    """A run's end, to record: its job, run, attempt's outcome, whether it is the final
+    attempt of a run that starts the jobs after it, and when the attempt began here (its
+    claim recorded when it was claimed, before it waited for a worker)."""
 
     job: JobSpec
     run_id: int
     attempt: Attempt
     chained: bool
-    recorded: bool = False
+    started: datetime
+    run: Run | None = None  # as recorded
     error: BaseException | None = None
 
 
@@ -71,12 +74,13 @@ class EndRecorder:
         self._queued: list[End] = []
         self._committing = False
 
-    def record(self, end: End) -> None:
+    def record(self, end: End) -> Run:
         with self._turn:
             self._queued.append(end)
-            while self._committing and not end.recorded:
+            while self._committing and end.run is None and end.error is None:
                 self._turn.wait()
-            leading = not end.recorded  # nobody committed it: this run commits the queue
+            # Nobody committed it: this run commits the queue.
+            leading = end.run is None and end.error is None
             if leading:
                 self._committing = True
                 batch, self._queued = self._queued, []
@@ -89,21 +93,27 @@ class EndRecorder:
                     self._turn.notify_all()
         if end.error is not None:
             raise end.error
+        assert end.run is not None
+        return end.run
 
     def _commit(self, batch: list[End]) -> None:
         try:
-            self._write(batch)
+            recorded = self._write(batch)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].error = exc
             else:  # one end's failure must not lose the others: each on its own
                 for end in batch:
                     self._commit([end])
-        finally:
+            return
+        except BaseException as exc:  # interrupted: nobody may wait for these ends
             for end in batch:
-                end.recorded = True
+                end.error = exc
+            raise
+        for end, run in zip(batch, recorded, strict=True):
+            end.run = run
 
-    def _write(self, batch: list[End]) -> None:
+    def _write(self, batch: list[End]) -> list[Run]:
         chains = self.chains
         with self.store.transaction():
             if chains is not None:
@@ -112,22 +122,28 @@ class EndRecorder:
             else:
                 self.store.lock_jobs([end.job.name for end in batch])
                 starting = [[] for _ in batch]
-            for end, started in zip(batch, starting, strict=True):
+            endings = []
+            for end in batch:
                 recorded = end.attempt.outcome.recorded()
                 if chains and end.chained and end.attempt.status is not RunStatus.SUCCEEDED:
                     if stopped := chains.stopped(end.job.name):
                         recorded = {**recorded, "chain_stopped": stopped}
-                self.store.finish(
-                    end.run_id,
-                    end.attempt.status,
-                    rows_affected=end.attempt.outcome.rows_affected,
-                    result=recorded,
-                    error=end.attempt.error,
+                endings.append(
+                    Ending(
+                        end.run_id,
+                        end.attempt.status,
+                        end.started,
+                        end.attempt.outcome.rows_affected,
+                        recorded,
+                        end.attempt.error,
+                    )
                 )
-                if chains and started:
-                    ended = self.store.get_run(end.run_id)
-                    assert ended is not None
-                    chains.start(ended, started)
+            runs = self.store.finish_all(endings)
+            if chains is not None:
+                for ended, started in zip(runs, starting, strict=True):
+                    if started:
+                        chains.start(ended, started)
+        return runs
 
 
 class Runner:
@@ -166,13 +182,16 @@ class Runner:
         With ``with_downstream``, the final attempt's end starts the jobs after it."""
         while True:
             token = token or CancelToken()
+            began = now()
             result = self._attempt(job, run_id, scheduled_for, attempt, token, on_progress)
             will_retry = (
                 result.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
                 and attempt <= job.retries
                 and not self.stopping.is_set()
             )
-            self.ends.record(End(job, run_id, result, with_downstream and not will_retry))
+            ended = self.ends.record(
+                End(job, run_id, result, with_downstream and not will_retry, began)
+            )
             log.info(
                 "run %s of %s %s%s",
                 run_id,
@@ -186,8 +205,6 @@ class Runner:
             log.info("retrying %s in %s", job.name, format_duration(delay))
             if self.stopping.wait(delay.total_seconds()):  # no retry: that was the last
                 if with_downstream and self.ends.chains is not None:
-                    ended = self.store.get_run(run_id)
-                    assert ended is not None
                     self.ends.chains.start_after(ended)
                 break
             attempt += 1
@@ -205,11 +222,9 @@ class Runner:
             run_id, token = retry_id, None
             if on_attempt:
                 on_attempt(attempt)
-        final = self.store.get_run(run_id)
-        assert final is not None
         if self.notifier is not None:
-            self.notifier.run_finished(job, final)
-        return final
+            self.notifier.run_finished(job, ended)
+        return ended
 
     def _attempt(
         self,

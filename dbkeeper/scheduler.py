@@ -71,6 +71,7 @@ class Scheduler:
         self._last_prune = now() - PRUNE_EVERY
         self._upcoming: dict[str, datetime] = {}
         self._upcoming_for: JobSet | None = None
+        self._earliest: datetime | None = None
         self.last_loop = now()
         keeper.store.register_jobs(list(keeper.schedules), now())
 
@@ -175,7 +176,21 @@ class Scheduler:
         finally:
             with self._lock:
                 self._tokens.pop(claimed.run_id, None)
-            self._wake.set()
+            if self._may_unblock(claimed.job):
+                self._wake.set()
+
+    def _may_unblock(self, name: str) -> bool:
+        """Whether a run's end may leave a run to start at once: one queued behind it (a job
+        that does not skip overlaps), or one its chain queued. Other ends wake nobody:
+        at a thousand runs a second, a look after each would cost more than the runs."""
+        current = self.keeper.catalog.current
+        job = current.jobs.get(name)
+        return (
+            job is None
+            or job.concurrency != "skip"
+            or (name, True) in current.followers
+            or (name, False) in current.followers
+        )
 
     def tick(self, moment: datetime | None = None) -> list[Run]:
         """Run everything due now (and queued runs it unblocks); wait for them; return them."""
@@ -217,10 +232,9 @@ class Scheduler:
                 next_slot = now()
                 while not self.stopping.is_set():
                     self.last_loop = now()
-                    woken = self._wake.is_set()
                     self._wake.clear()
                     try:
-                        due = self._look(woken or self.last_loop >= next_slot)
+                        due = self._look(self.last_loop >= next_slot)
                     except SQLAlchemyError:  # the state store is away: try again shortly
                         log.exception("claiming due runs failed; retrying")
                         self.stopping.wait(RETRY_CLAIMS.total_seconds())
@@ -239,8 +253,9 @@ class Scheduler:
         log.info("scheduler %s stopped", self.node.id)
 
     def _look(self, slot_due: bool) -> list[Claimed]:
-        """What to start now. Claims slots when one is due, this node was woken, or the
-        runtime jobs changed; otherwise (a poll) only looks for runs queued by others."""
+        """What to start now. Claims slots when one is due or the runtime jobs changed;
+        otherwise (a poll, or woken by a run's end or a request) only looks for queued
+        runs: an end may have unblocked one, and chains and requests queue theirs."""
         if slot_due or self.keeper.refresh():
             return self.claim_due(now())
         if not self.store.runs(status=[RunStatus.QUEUED], limit=1):
@@ -249,17 +264,21 @@ class Scheduler:
 
     def _next_slot(self, moment: datetime) -> datetime:
         """The next slot of any enabled job (or a while from now when none has one).
-        Each job's next slot is remembered until it passes or the jobs change."""
+        Each job's next slot is remembered until it passes or the jobs change, and so is
+        the earliest of them."""
         current = self.keeper.catalog.current
         if current is not self._upcoming_for:
-            self._upcoming, self._upcoming_for = {}, current
+            self._upcoming, self._upcoming_for, self._earliest = {}, current, None
+        elif self._earliest is not None and moment < self._earliest:
+            return min(self._earliest, moment + IDLE_WAKE)
         for name, schedule in current.schedules.items():
             if schedule is None or not current.jobs[name].enabled:
                 continue
             slot = self._upcoming.get(name)
             if slot is None or slot <= moment:
                 self._upcoming[name] = schedule.next_after(moment)
-        return min([*self._upcoming.values(), moment + IDLE_WAKE])
+        self._earliest = min(self._upcoming.values(), default=None)
+        return min(self._earliest or moment + IDLE_WAKE, moment + IDLE_WAKE)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -36,6 +36,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    case,
     cast,
     create_engine,
     delete,
@@ -211,6 +212,18 @@ health_table = Table(
     Column("report", JSON, nullable=False),
     Index("dbkeeper_health_database", "database", "taken_at"),
 )
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A run's end, to record."""
+
+    run_id: int
+    status: RunStatus
+    started_at: datetime
+    rows_affected: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -633,9 +646,12 @@ class StateStore:
             rows = conn.execute(statement, [claim.values(moment) for claim in claims]).all()
             won = {(r.job, r.scheduled_for, r.attempt, r.upstream_run): int(r.id) for r in rows}
             ids = [won.get(claim.key) for claim in claims]
-            for claim, run_id in zip(claims, ids, strict=True):
-                if run_id is not None and claim.settles:
-                    self._settle_job(conn, claim.job, claim.status)
+            settled = [
+                (claim.job, claim.status)
+                for claim, run_id in zip(claims, ids, strict=True)
+                if run_id is not None and claim.settles
+            ]
+            self._settle_jobs(conn, settled)
         return ids
 
     def start_queued(self, run_id: int, node: str | None) -> bool:
@@ -656,43 +672,76 @@ class StateStore:
                 .values(progress=percent, rows_affected=rows)
             )
 
-    def finish(
-        self,
-        run_id: int,
-        status: RunStatus,
-        *,
-        rows_affected: int | None = None,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
-        values: dict[str, Any] = {
-            "status": status.value,
-            "finished_at": now(),
-            "rows_affected": rows_affected,
-            "result": result or {},
-            "error": error,
-        }
-        if status is RunStatus.SUCCEEDED:
-            values["progress"] = 100.0
-        with self.transaction() as conn:
-            job = conn.execute(
-                update(runs_table)
-                .where(runs_table.c.id == run_id)
-                .values(**values)
-                .returning(runs_table.c.job)
-            ).scalar_one()
-            self._settle_job(conn, job, status)
-
-    def _settle_job(self, conn: Connection, job: str, status: RunStatus) -> None:
-        failures = (
-            (jobs_table.c.consecutive_failures + 1 if status.failure else 0)
-            if status is not RunStatus.MISSED
-            else jobs_table.c.consecutive_failures
+    def finish_all(self, ends: Sequence[Ending]) -> list[Run]:
+        """Record runs' ends, and when each really started (a claimed run may wait for a
+        worker: its start is written here, with its end, not in a write of its own), in
+        one statement for the runs and one for their jobs. Returns the runs as recorded."""
+        if not ends:
+            return []
+        moment = now()
+        ended = (
+            update(runs_table)
+            .where(runs_table.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                started_at=bindparam("b_started", type_=UTCDateTime),
+                finished_at=bindparam("b_finished", type_=UTCDateTime),
+                rows_affected=bindparam("b_rows"),
+                result=bindparam("b_result", type_=runs_table.c.result.type),
+                error=bindparam("b_error"),
+                progress=func.coalesce(bindparam("b_progress", type_=Float), runs_table.c.progress),
+            )
         )
+        with self.transaction() as conn:
+            conn.execute(
+                ended,
+                [
+                    {
+                        "b_id": end.run_id,
+                        "b_status": end.status.value,
+                        "b_started": end.started_at,
+                        "b_finished": moment,
+                        "b_rows": end.rows_affected,
+                        "b_result": end.result or {},
+                        "b_error": end.error,
+                        "b_progress": 100.0 if end.status is RunStatus.SUCCEEDED else None,
+                    }
+                    for end in ends
+                ],
+            )
+            ids = [end.run_id for end in ends]
+            rows = conn.execute(select(runs_table).where(runs_table.c.id.in_(ids))).all()
+            runs = {row.id: _run(row) for row in rows}
+            self._settle_jobs(conn, [(runs[end.run_id].job, end.status) for end in ends])
+        return [runs[run_id] for run_id in ids]
+
+    def _settle_jobs(self, conn: Connection, settled: Sequence[tuple[str, RunStatus]]) -> None:
+        """Each job's last status and count of failures in a row, for runs ended in order."""
+        if not settled:
+            return
+        failures = jobs_table.c.consecutive_failures
         conn.execute(
             update(jobs_table)
-            .where(jobs_table.c.name == job)
-            .values(consecutive_failures=failures, last_status=status.value, updated_at=now())
+            .where(jobs_table.c.name == bindparam("b_job"))
+            .values(
+                consecutive_failures=case(
+                    (bindparam("b_missed", type_=Boolean), failures),
+                    (bindparam("b_failure", type_=Boolean), failures + 1),
+                    else_=0,
+                ),
+                last_status=bindparam("b_status"),
+                updated_at=bindparam("b_now", type_=UTCDateTime),
+            ),
+            [
+                {
+                    "b_job": job,
+                    "b_missed": status is RunStatus.MISSED,
+                    "b_failure": status.failure,
+                    "b_status": status.value,
+                    "b_now": now(),
+                }
+                for job, status in settled
+            ],
         )
 
     def get_run(self, run_id: int) -> Run | None:
@@ -926,7 +975,7 @@ class StateStore:
                 ).rowcount
                 if marked:
                     orphans.append(run)
-                    self._settle_job(conn, run.job, RunStatus.ABANDONED)
+                    self._settle_jobs(conn, [(run.job, RunStatus.ABANDONED)])
         return orphans
 
     def hand_back(self, run_ids: Sequence[int]) -> None:

@@ -234,9 +234,8 @@ def test_application_statements_never_wait_longer_than_lock_timeout(
     """A writer inserts and updates rows (old ones included) every few milliseconds while
     300,000 old rows are purged; one old row is also locked by an open application
     transaction for 3 seconds. The purge skips locked rows instead of queueing behind them
-    while holding its own, so the application never waits on it for long; once an update
-    is seen waiting for a window's locks, windows shrink; a later sweep deletes the row
-    once it is released."""
+    while holding its own, so the application never waits on it for long; a later sweep
+    deletes the row once it is released."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, "
@@ -302,7 +301,6 @@ def test_application_statements_never_wait_longer_than_lock_timeout(
     assert run["status"] == "succeeded"
     assert run["rows_affected"] == 300000
     assert run["result"]["sweeps"] >= 1, "the locked row was skipped, then swept"
-    assert run["result"]["waited_for"] >= 1, "updates of rows in a window were noticed"
     assert "left_for_next_run" not in run["result"]
     with psycopg.connect(pg_url) as conn:
         old = conn.execute(
