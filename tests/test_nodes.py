@@ -32,7 +32,9 @@ def record(ctx, pause=0.0):
 
 def slow(ctx, seconds=30.0):
     marker = Path(__file__).with_name(f"slow-{ctx.attempt}.started")
-    marker.write_text(str(os.getpid()))
+    written = marker.with_suffix(".tmp")  # renamed: the test never reads it half-written
+    written.write_text(str(os.getpid()))
+    os.replace(written, marker)
     ctx.token.wait(seconds)
     ctx.check_cancelled()
 """
