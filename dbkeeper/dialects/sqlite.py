@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from dbkeeper.archive import Archive
-from dbkeeper.dialects.common import owner_groups
+from dbkeeper.dialects.common import owner_groups, time_edges
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target
 from dbkeeper.timeformats import TimeFormat
@@ -77,8 +77,6 @@ class Walk:
 class Plan:
     rows: int
     table_rows: int
-    oldest: datetime | None
-    newest: datetime | None
     walks: list[Walk]
 
 
@@ -163,7 +161,7 @@ class PurgeQuery:
         return [both(lambda column: f"{column} < :cutoff", False)]
 
     def plan(self, conn: Connection) -> Plan:
-        """Exact count, oldest and newest affected times, and the key ranges to walk.
+        """Exact count of the rows to delete, the table's, and the key ranges to walk.
 
         A narrow part is walked over its own key range. A wide one is walked from the
         table's first key and ends once its planned rows are gone: its lowest and highest
@@ -189,24 +187,16 @@ class PurgeQuery:
                 low, high = first, last
             if count:
                 walks.append(Walk(window, int(low), int(high), int(count)))
+        total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
+        return Plan(rows=sum(walk.rows for walk in walks), table_rows=int(total), walks=walks)
+
+    def edges(self, conn: Connection) -> tuple[datetime | None, datetime | None]:
+        """The oldest and newest times of the rows to delete."""
         if self.time_format is TimeFormat.ISO:
             oldest, newest = self._iso_edge(conn, "ASC"), self._iso_edge(conn, "DESC")
         else:
-            oldest, newest = conn.execute(
-                text(
-                    f"SELECT min({self.column}), max({self.column}) FROM {self.table} "
-                    f"WHERE {self.condition}"
-                ),
-                self.params,
-            ).one()
-        total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
-        return Plan(
-            rows=sum(walk.rows for walk in walks),
-            table_rows=int(total),
-            oldest=self._to_datetime(oldest),
-            newest=self._to_datetime(newest),
-            walks=walks,
-        )
+            oldest, newest = time_edges(conn, self.table, self.column, self.condition, self.params)
+        return self._to_datetime(oldest), self._to_datetime(newest)
 
     def _iso_edge(self, conn: Connection, order: str) -> Any:
         """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,

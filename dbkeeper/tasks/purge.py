@@ -106,6 +106,7 @@ class PurgeJob(JobSpec):
         with sqlite_sql.connect(ctx.target()) as conn:
             query = self._query(ctx, conn)
             plan = query.plan(conn)
+            oldest, newest = query.edges(conn)
             samples = query.samples(conn, self.sample_rows)
             owners = (
                 query.owners(conn, ctx.target().quote(self.owner_column), purge_postgres.MAX_OWNERS)
@@ -116,8 +117,8 @@ class PurgeJob(JobSpec):
             "rows": plan.rows,
             "table_rows": plan.table_rows,
             "cutoff": self.cutoff(ctx.now),
-            "oldest": plan.oldest,
-            "newest": plan.newest,
+            "oldest": oldest,
+            "newest": newest,
             "format": query.time_format.value,
             "samples": samples,
             "would_refuse": self.refusal(plan.rows, plan.table_rows),
@@ -138,6 +139,7 @@ class PurgeJob(JobSpec):
             archive = self.archive_for(ctx, query.key) if self.archive else None
             recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
+            oldest, _ = query.edges(conn)
             refusal = self.refusal(plan.rows, plan.table_rows)
             if refusal:
                 raise RefusedError(refusal)
@@ -145,7 +147,7 @@ class PurgeJob(JobSpec):
                 "cutoff": cutoff.isoformat(),
                 "format": query.time_format.value,
                 "planned": plan.rows,
-                "oldest": plan.oldest.isoformat() if plan.oldest else None,
+                "oldest": oldest.isoformat() if oldest else None,
             }
             if archive is not None:
                 result["archive_recovery"] = recovered
