@@ -211,3 +211,31 @@ def test_postgres_export_equals_the_table(
             rows = [(int(i), name or None, int(qty)) for i, name, qty in reader]
     assert _digest(sorted(rows)) == _digest(table)
     assert history("items")[0]["result"]["rows_in_database"] == 50_000
+
+
+def test_postgres_export_failing_mid_copy_keeps_the_old_file(
+    project: Project, pg_url: str, history: History
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO items SELECT i FROM generate_series(1, 100000) i")
+    (project.path / "out").mkdir()
+    (project.path / "out" / "items.csv").write_text("old\n")
+    project.write_config(
+        f"""
+        [databases.app]
+        url = "{pg_url}"
+
+        [jobs.items]
+        task = "export"
+        database = "app"
+        query = "SELECT id, 1 / (id - 90000) AS ratio FROM items ORDER BY id"
+        path = "out/items.csv"
+        """
+    )
+    result = project.cli("run", "items")
+    assert result.returncode == 1
+    error = history("items")[0]["error"]
+    assert "division by zero" in error
+    assert (project.path / "out" / "items.csv").read_text() == "old\n"
+    assert sorted(p.name for p in (project.path / "out").iterdir()) == ["items.csv"]
