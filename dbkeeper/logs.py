@@ -82,6 +82,20 @@ class DailyFileHandler(logging.Handler):
         super().close()
 
 
+class _Enqueue(QueueHandler):
+    """Puts records on the in-process queue as they are: the writer thread formats them,
+    and the queue is thread-safe, so no thread takes a lock to log."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        accepted = bool(self.filter(record))
+        if accepted:
+            self.emit(record)
+        return accepted
+
+
 _writer: QueueListener | None = None
 
 
@@ -100,7 +114,7 @@ def setup(kind: str, debug: bool) -> logging.Handler:
     _writer.start()
     atexit.register(_writer.stop)
     root = logging.getLogger()
-    root.handlers[:] = [QueueHandler(records)]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(logging.WARNING)
     logging.getLogger("dbkeeper").setLevel(logging.DEBUG if debug else logging.INFO)
     return stderr

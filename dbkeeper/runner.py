@@ -1,7 +1,7 @@
 """Running one claimed run to its end: timeout, retries with backoff, and the record.
 
-The task body runs in its own thread so a timeout can be enforced even on code
-that never looks at its cancel token: the token is set (which interrupts the
+A task body with a timeout runs in its own thread so the timeout can be enforced even
+on code that never looks at its cancel token: the token is set (which interrupts the
 task's database connection), and if the body still does not return within a
 short grace the run is recorded as timed out and the thread is left behind.
 """
@@ -256,6 +256,8 @@ class Runner:
             token=token,
             on_progress=progress,
         )
+        if job.timeout is None:  # nothing to enforce: no thread of its own
+            return self._body(job, run_id, ctx)
         box: list[Attempt] = []
         body = threading.Thread(
             target=lambda: box.append(self._body(job, run_id, ctx)),
@@ -263,10 +265,9 @@ class Runner:
             daemon=True,
         )
         body.start()
-        timeout = job.timeout.total_seconds() if job.timeout else None
-        body.join(timeout)
+        body.join(job.timeout.total_seconds())
         if body.is_alive():
-            token.cancel(f"timeout after {format_duration(job.timeout or timedelta())}")
+            token.cancel(f"timeout after {format_duration(job.timeout)}")
             body.join(STOP_GRACE)
         if body.is_alive():
             return Attempt(
