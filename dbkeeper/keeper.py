@@ -253,7 +253,7 @@ class Keeper:
                 assert found is not None
                 return found
             with Heartbeat(store, node.id, self.config.keeper.heartbeat.total_seconds()):
-                return self._runner(node.id).execute(
+                recorded = self._runner(node.id).execute(
                     job,
                     run_id,
                     slot,
@@ -261,6 +261,7 @@ class Keeper:
                     on_progress=on_progress,
                     with_downstream=with_downstream,
                 )
+                return recorded.result()
         finally:
             store.stop_node(node.id)
 
@@ -284,7 +285,7 @@ class Keeper:
         """Run a queued run here, or wait for the node that took it first."""
         job = self.jobs.get(run.job)
         if job is not None and self.store.start_queued(run.id, node):
-            return self._runner(node).execute(
+            recorded = self._runner(node).execute(
                 job,
                 run.id,
                 run.scheduled_for,
@@ -292,6 +293,7 @@ class Keeper:
                 on_progress=_for(on_progress, run.job),
                 with_downstream=run.with_downstream,
             )
+            return recorded.result()
         while not run.status.final:
             time.sleep(CHAIN_POLL)
             found = self.store.get_run(run.id)

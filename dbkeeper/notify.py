@@ -66,9 +66,8 @@ class Notifier:
     # -- after a run ----------------------------------------------------------
 
     def run_finished(self, job: JobSpec, run: Run) -> None:
-        """Failure, recovery, and a health check's warnings, for a run's final attempt."""
-        if not job.notify:  # every run ends here: no look at the history for nobody
-            return
+        """Failure, recovery, and a health check's warnings, for a run's final attempt of a
+        job with ``notify`` targets."""
         try:
             self._run_finished(job, run)
         except Exception:  # an alert must never break the run it reports on

@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,68 +51,74 @@ class Attempt:
 class End:
     """A run's end, to record: its job, run, attempt's outcome, whether it is the final
     attempt of a run that starts the jobs after it, and when the attempt began here (its
-    claim recorded when it was claimed, before it waited for a worker)."""
+    claim recorded when it was claimed, before it waited for a worker). ``recorded``
+    holds the run as recorded, once its transaction committed."""
 
     job: JobSpec
     run_id: int
     attempt: Attempt
     chained: bool
     started: datetime
-    run: Run | None = None  # as recorded
-    error: BaseException | None = None
+    recorded: Future[Run] = field(default_factory=Future)
 
 
 class EndRecorder:
-    """Records runs' ends, several in one transaction (group commit). The first run to end
-    commits its end; runs ending meanwhile queue, and the next of them commits all queued
-    ends at once. Each run waits until its own end is committed. With a chain, an end and
-    the runs it starts are one transaction: an end is never recorded without them."""
+    """Records runs' ends, several in one transaction (group commit), on a thread of its
+    own: a worker hands its run's end over and is free for its next run; whoever needs
+    the run as recorded waits on ``End.recorded``. The thread starts when an end arrives
+    and none is writing, commits what queued meanwhile, and stops when nothing is left.
+    With a chain, an end and the runs it starts are one transaction: an end is never
+    recorded without them."""
 
     def __init__(self, store: StateStore, chains: Chains | None) -> None:
         self.store = store
         self.chains = chains
         self._turn = threading.Condition()
         self._queued: list[End] = []
-        self._committing = False
+        self._writing = False
+        self._submitted = 0  # ends handed over
+        self._settled = 0  # of those, ends committed (or failed), in order
 
-    def record(self, end: End) -> Run:
+    def submit(self, end: End) -> Future[Run]:
         with self._turn:
             self._queued.append(end)
-            while self._committing and end.run is None and end.error is None:
-                self._turn.wait()
-            # Nobody committed it: this run commits the queue.
-            leading = end.run is None and end.error is None
-            if leading:
-                self._committing = True
+            self._submitted += 1
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._drain, name="dbkeeper-ends", daemon=True).start()
+        return end.recorded
+
+    def flush(self) -> None:
+        """Wait until every end handed over so far is committed (or has failed)."""
+        with self._turn:
+            handed = self._submitted
+            self._turn.wait_for(lambda: self._settled >= handed)
+
+    def _drain(self) -> None:
+        while True:
+            with self._turn:
+                if not self._queued:
+                    self._writing = False
+                    return
                 batch, self._queued = self._queued, []
-        if leading:
-            try:
-                self._commit(batch)
-            finally:
-                with self._turn:
-                    self._committing = False
-                    self._turn.notify_all()
-        if end.error is not None:
-            raise end.error
-        assert end.run is not None
-        return end.run
+            self._commit(batch)
+            with self._turn:
+                self._settled += len(batch)
+                self._turn.notify_all()
 
     def _commit(self, batch: list[End]) -> None:
         try:
             recorded = self._write(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
-            else:  # one end's failure must not lose the others: each on its own
+            if len(batch) > 1:  # one end's failure must not lose the others: each on its own
                 for end in batch:
                     self._commit([end])
+                return
+            log.error("recording the end of run %s failed: %s", batch[0].run_id, exc)
+            batch[0].recorded.set_exception(exc)
             return
-        except BaseException as exc:  # interrupted: nobody may wait for these ends
-            for end in batch:
-                end.error = exc
-            raise
         for end, run in zip(batch, recorded, strict=True):
-            end.run = run
+            end.recorded.set_result(run)
 
     def _write(self, batch: list[End]) -> list[Run]:
         chains = self.chains
@@ -176,8 +183,9 @@ class Runner:
         on_progress: ProgressCallback | None = None,
         on_attempt: Callable[[int], None] | None = None,
         with_downstream: bool = True,
-    ) -> Run:
-        """Run ``run_id`` (already claimed) and its retries; returns the last attempt's run.
+    ) -> Future[Run]:
+        """Run ``run_id`` (already claimed) and its retries; returns the last attempt's run
+        as it will be recorded (a worker need not wait for that).
 
         With ``with_downstream``, the final attempt's end starts the jobs after it."""
         while True:
@@ -189,7 +197,7 @@ class Runner:
                 and attempt <= job.retries
                 and not self.stopping.is_set()
             )
-            ended = self.ends.record(
+            recorded = self.ends.submit(
                 End(job, run_id, result, with_downstream and not will_retry, began)
             )
             log.info(
@@ -205,8 +213,9 @@ class Runner:
             log.info("retrying %s in %s", job.name, format_duration(delay))
             if self.stopping.wait(delay.total_seconds()):  # no retry: that was the last
                 if with_downstream and self.ends.chains is not None:
-                    self.ends.chains.start_after(ended)
+                    self.ends.chains.start_after(recorded.result())
                 break
+            recorded.result()  # the attempt's end before the next attempt's claim
             attempt += 1
             retry_id = self.store.claim(
                 job.name,
@@ -222,9 +231,9 @@ class Runner:
             run_id, token = retry_id, None
             if on_attempt:
                 on_attempt(attempt)
-        if self.notifier is not None:
-            self.notifier.run_finished(job, ended)
-        return ended
+        if self.notifier is not None and job.notify:  # an alert needs the run as recorded
+            self.notifier.run_finished(job, recorded.result())
+        return recorded
 
     def _attempt(
         self,

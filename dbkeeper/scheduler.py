@@ -160,12 +160,13 @@ class Scheduler:
 
     # -- running --------------------------------------------------------------
 
-    def _run(self, claimed: Claimed) -> Run:
+    def _run(self, claimed: Claimed) -> Future[Run]:
+        """Run a claimed run in this worker; returns its end, which is recorded meanwhile."""
         token = CancelToken()
         with self._lock:
             self._tokens[claimed.run_id] = token
         try:
-            return self.runner.execute(
+            recorded = self.runner.execute(
                 self.keeper.jobs[claimed.job],
                 claimed.run_id,
                 claimed.scheduled_for,
@@ -176,8 +177,9 @@ class Scheduler:
         finally:
             with self._lock:
                 self._tokens.pop(claimed.run_id, None)
-            if self._may_unblock(claimed.job):
-                self._wake.set()
+        if self._may_unblock(claimed.job):  # once the end is recorded, look again
+            recorded.add_done_callback(lambda _: self._wake.set())
+        return recorded
 
     def _may_unblock(self, name: str) -> bool:
         """Whether a run's end may leave a run to start at once: one queued behind it (a job
@@ -204,7 +206,7 @@ class Scheduler:
             ):
                 batch = self.claim_due(moment or now())
                 while batch:
-                    finished += list(pool.map(self._run, batch))
+                    finished += [recorded.result() for recorded in pool.map(self._run, batch)]
                     batch = self._claim_queued(set())
         finally:
             self.store.stop_node(self.node.id)
@@ -224,7 +226,7 @@ class Scheduler:
     def serve(self) -> None:
         """The long-running loop of ``dbkeeper start``; returns after ``stop()``."""
         settings = self.keeper.config.keeper
-        futures: dict[Future[Run], Claimed] = {}
+        futures: dict[Future[Future[Run]], Claimed] = {}
         pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="dbkeeper")
         log.info("scheduler %s started with %d jobs", self.node.id, len(self.keeper.jobs))
         with self._heartbeat():
@@ -255,7 +257,9 @@ class Scheduler:
     def _look(self, slot_due: bool) -> list[Claimed]:
         """What to start now. Claims slots when one is due or the runtime jobs changed;
         otherwise (a poll, or woken by a run's end or a request) only looks for queued
-        runs: an end may have unblocked one, and chains and requests queue theirs."""
+        runs: an end may have unblocked one, and chains and requests queue theirs.
+        The ends of runs here are recorded first: a run that ended is not taken as running."""
+        self.runner.ends.flush()
         if slot_due or self.keeper.refresh():
             return self.claim_due(now())
         if not self.store.runs(status=[RunStatus.QUEUED], limit=1):
@@ -298,10 +302,14 @@ class Scheduler:
         return Heartbeat(self.store, self.node.id, interval, self.housekeeping)
 
     def _shutdown(
-        self, pool: ThreadPoolExecutor, futures: dict[Future[Run], Claimed], grace: float
+        self,
+        pool: ThreadPoolExecutor,
+        futures: dict[Future[Future[Run]], Claimed],
+        grace: float,
     ) -> None:
         """Hand back runs not yet started, let running ones finish within ``grace``,
-        then interrupt the rest (each records itself as cancelled)."""
+        then interrupt the rest (each records itself as cancelled), and wait until every
+        end is recorded."""
         unstarted = [claimed.run_id for future, claimed in futures.items() if future.cancel()]
         if unstarted:
             log.info("handing back %d runs that had not started", len(unstarted))
@@ -316,6 +324,7 @@ class Scheduler:
             log.warning("interrupting run %s at shutdown", run_id)
             token.cancel("interrupted by shutdown")
         pool.shutdown(wait=True, cancel_futures=True)
+        self.runner.ends.flush()
 
 
 class Heartbeat:
