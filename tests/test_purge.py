@@ -79,8 +79,12 @@ OLD_IDS = [1, 2, 3, 4]
 KEPT_IDS = [5, 6, 7, 8, 9]
 
 
+INDEXED = pytest.mark.parametrize("indexed", [False, True], ids=["by-key", "by-time-index"])
+
+
+@INDEXED
 def test_purge_is_exact_on_every_time_form(
-    project: Project, history: Callable[..., list[dict[str, Any]]]
+    project: Project, history: Callable[..., list[dict[str, Any]]], indexed: bool
 ) -> None:
     now = datetime.now(UTC).replace(second=30, microsecond=0)
     path = project.path / "app.db"
@@ -90,6 +94,8 @@ def test_purge_is_exact_on_every_time_form(
             table = f"{form}_{mode}"
             column_type = "TEXT" if declared == "iso" else "INTEGER"
             ddl.append(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, ts {column_type});")
+            if indexed:
+                ddl.append(f"CREATE INDEX {table}_ts ON {table} (ts);")
             jobs.append(
                 f"""
                 [jobs.{table}]
@@ -177,10 +183,14 @@ def test_preview_shows_oldest_newest_and_samples_then_run_deletes_that_many(
     assert db.ids(path, "logs") == list(range(1, 49))
 
 
-def test_rows_out_of_key_order_and_values_that_are_not_times(project: Project) -> None:
-    """The walk covers the whole key range whatever order the times are in: the oldest
-    rows have the highest keys, old and new alternate, times next to the cutoff carry
-    zone offsets (decided by julianday(), not their text), and numbers, blobs, text that
+@INDEXED
+def test_rows_out_of_key_order_and_values_that_are_not_times(
+    project: Project, indexed: bool
+) -> None:
+    """The walk covers every row whatever order the times are in: the oldest rows have
+    the highest keys, old and new alternate, times next to the cutoff carry zone offsets
+    (decided by julianday(), not their text), thousands of rows share one time (more than
+    a first window holds: a window never ends inside them), and numbers, blobs, text that
     is not a time and NULLs are kept."""
     now = datetime.now(UTC).replace(microsecond=0)
     cutoff = now - RETENTION
@@ -199,9 +209,13 @@ def test_rows_out_of_key_order_and_values_that_are_not_times(project: Project) -
     rows += [(1000, (now - timedelta(days=900)).isoformat()), (1001, 5), (1002, b"\x00")]
     rows += [(1003, "not a time"), (1004, None)]
     old.add(1000)
+    for key, moment in ((2000, cutoff - timedelta(days=5)), (5000, cutoff + timedelta(days=1))):
+        rows += [(key + n, moment.strftime("%Y-%m-%d %H:%M:%S")) for n in range(2500)]
+    old.update(range(2000, 4500))
     path = db.create(
         project.path / "app.db",
-        "CREATE TABLE events (id INTEGER PRIMARY KEY, ts);",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, ts);"
+        + ("CREATE INDEX events_ts ON events (ts);" if indexed else ""),
         rows,
         "INSERT INTO events VALUES (?, ?)",
     )
@@ -226,7 +240,8 @@ def test_rows_out_of_key_order_and_values_that_are_not_times(project: Project) -
     assert db.ids(path, "events") == sorted({key for key, _ in rows} - old)
 
 
-def test_where_filters_are_bound_values_on_checked_columns(project: Project) -> None:
+@INDEXED
+def test_where_filters_are_bound_values_on_checked_columns(project: Project, indexed: bool) -> None:
     old = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y-%m-%d %H:%M:%S")
     new = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     rows = [
@@ -239,7 +254,8 @@ def test_where_filters_are_bound_values_on_checked_columns(project: Project) -> 
     ]
     path = db.create(
         project.path / "app.db",
-        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, finished TEXT, status TEXT);",
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, finished TEXT, status TEXT);"
+        + ("CREATE INDEX tasks_finished ON tasks (finished);" if indexed else ""),
         rows,
         "INSERT INTO tasks VALUES (?, ?, ?)",
     )

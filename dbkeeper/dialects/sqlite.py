@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
@@ -63,21 +63,91 @@ def julian_to_datetime(value: float | None) -> datetime | None:
     return datetime.fromtimestamp((value - _UNIX_EPOCH_JULIAN_DAY) * 86400, UTC)
 
 
-@dataclass(frozen=True)
-class Walk:
-    """Rows matching ``condition`` (a window condition) between the keys ``low`` and ``high``."""
+class Window(NamedTuple):
+    """One purge window: its condition and the values of its bounds."""
 
     condition: str
-    low: int
-    high: int
-    rows: int
+    bounds: dict[str, Any]
+
+
+class KeyWalk:
+    """Windows over the table's key, for a time column no index leads with: from ``low``
+    to ``high``, ending once the part's ``rows`` are gone. ``condition`` keeps indexes
+    out ('+' before its columns): within a key window the key must drive the scan."""
+
+    def __init__(self, key: str, condition: str, low: int, high: int, rows: int) -> None:
+        self.key, self.condition, self.rows = key, condition, rows
+        self.low, self.high = low, high
+
+    def next(self, conn: Connection, width: int, deleted: int) -> Window | None:
+        if self.low > self.high or deleted >= self.rows:
+            return None
+        high = min(self.low + width, self.high + 1)
+        condition = f"{self.key} >= :low AND {self.key} < :high AND {self.condition}"
+        window = Window(condition, {"low": self.low, "high": high})
+        self.low = high
+        return window
+
+
+class Part(NamedTuple):
+    """One part of the rows to delete: a range of the time column (``lower``, ``upper``:
+    comparisons such as ``>= '0'``) and what the rows must also satisfy (``residual``,
+    ``{c}`` standing for the column). ``narrow``: a band a few days wide."""
+
+    lower: str | None
+    upper: str
+    residual: str
+    narrow: bool
+
+    def condition(self, column: str, lower: str | None = None, upper: str | None = None) -> str:
+        """The part's condition, its range narrowed to ``lower`` and ``upper`` if given."""
+        terms = [
+            f"{column} {bound}" for bound in (lower or self.lower, upper or self.upper) if bound
+        ]
+        if self.residual:
+            terms.append(self.residual.format(c=column))
+        return " AND ".join(terms)
+
+
+class TimeWalk:
+    """Windows over the time column through the index that leads with it, in its order:
+    each ends at the value ``width`` matching rows on (rows sharing that value go with
+    it), the last takes what is left. A DELETE by index range costs what one DELETE of
+    the whole part costs; windows by key read each row's time from the table instead.
+    Each window's condition has one lower and one upper bound of the column, so SQLite
+    ranges the index on those two."""
+
+    def __init__(self, query: PurgeQuery, part: Part, filters: str, rows: int) -> None:
+        self.query, self.part, self.filters, self.rows = query, part, filters, rows
+        self._after: Any = None
+        self._done = False
+
+    def next(self, conn: Connection, width: int, deleted: int) -> Window | None:
+        if self._done:
+            return None
+        column, part = self.query.column, self.part
+        lower, bounds = (None, {}) if self._after is None else ("> :after", {"after": self._after})
+        upto = conn.execute(
+            text(
+                f"SELECT {column} FROM {self.query.table} "
+                f"WHERE {part.condition(column, lower)}{self.filters} "
+                f"ORDER BY {column} LIMIT 1 OFFSET :width"
+            ),
+            {**self.query.params, **bounds, "width": width},
+        ).scalar()
+        if upto is None:
+            self._done = True
+            return Window(part.condition(column, lower) + self.filters, bounds)
+        self._after = upto
+        condition = part.condition(column, lower, "<= :upto") + self.filters
+        return Window(condition, {**bounds, "upto": upto})
 
 
 @dataclass(frozen=True)
 class Plan:
     rows: int
     table_rows: int
-    walks: list[Walk]
+    walks: list[KeyWalk | TimeWalk]
 
 
 class PurgeQuery:
@@ -136,57 +206,52 @@ class PurgeQuery:
             condition = f"{column} < :cutoff"
         return condition + self._filters("")
 
-    def _parts(self) -> list[tuple[str, str, bool]]:
+    def _parts(self) -> list[Part]:
         """The whole condition as disjoint parts, each cheap per row: for ISO text the rows
         certainly older by their text alone, then the narrow band where julianday()
-        decides. Each part as (condition, window condition, narrow): in a window
-        condition ('+' before the columns) no index on the time or filter columns can
-        drive the scan; within a key window the key must."""
-
-        def both(build: Callable[[str], str], narrow: bool) -> tuple[str, str, bool]:
-            plain = build(self.column) + self._filters("")
-            return plain, build("+" + self.column) + self._filters("+"), narrow
-
+        decides."""
         if self.time_format is TimeFormat.ISO:
             return [
-                both(lambda column: f"{column} >= '0' AND {column} < :text_sure", False),
-                both(
-                    lambda column: (
-                        f"{column} >= :text_sure AND {column} < :text_bound "
-                        f"AND julianday({column}) < julianday(:cutoff)"
-                    ),
-                    True,
+                Part(">= '0'", "< :text_sure", "", narrow=False),
+                Part(
+                    ">= :text_sure",
+                    "< :text_bound",
+                    "julianday({c}) < julianday(:cutoff)",
+                    narrow=True,
                 ),
             ]
-        return [both(lambda column: f"{column} < :cutoff", False)]
+        return [Part(None, "< :cutoff", "", narrow=False)]
 
     def plan(self, conn: Connection) -> Plan:
-        """Exact count of the rows to delete, the table's, and the key ranges to walk.
+        """Exact count of the rows to delete, the table's, and how to walk each part.
 
-        A narrow part is walked over its own key range. A wide one is walked from the
-        table's first key and ends once its planned rows are gone: its lowest and highest
-        keys would cost a pass over its whole index range, more than the count."""
-        first, last = (
-            conn.execute(text(f"SELECT {edge}({self.key}) FROM {self.table}")).scalar()
-            for edge in ("min", "max")
-        )
-        walks = []
-        for condition, window, narrow in self._parts():
-            if narrow:
-                count, low, high = conn.execute(
-                    text(
-                        f"SELECT count(*), min({self.key}), max({self.key}) "
-                        f"FROM {self.table} WHERE {condition}"
-                    ),
-                    self.params,
-                ).one()
-            else:
+        With an index that leads with the time column, each part is walked through it.
+        Otherwise by key: a narrow part over its own key range, a wide one from the
+        table's first key until its planned rows are gone (its lowest and highest keys
+        would cost a pass over the whole part, more than the count)."""
+        by_time = leads_an_index(conn, self.table, self.column)
+        keys = f"min({self.key}), max({self.key})"
+        walks: list[KeyWalk | TimeWalk] = []
+        for part in self._parts():
+            condition = part.condition(self.column) + self._filters("")
+            if by_time or not part.narrow:
                 count = conn.execute(
                     text(f"SELECT count(*) FROM {self.table} WHERE {condition}"), self.params
                 ).scalar_one()
-                low, high = first, last
+            if by_time:  # filters '+': the time column's index must drive the scan
+                if count:
+                    walks.append(TimeWalk(self, part, self._filters("+"), count))
+                continue
+            if part.narrow:
+                count, low, high = conn.execute(
+                    text(f"SELECT count(*), {keys} FROM {self.table} WHERE {condition}"),
+                    self.params,
+                ).one()
+            else:
+                low, high = conn.execute(text(f"SELECT {keys} FROM {self.table}")).one()
             if count:
-                walks.append(Walk(window, int(low), int(high), int(count)))
+                window = part.condition("+" + self.column) + self._filters("+")
+                walks.append(KeyWalk(self.key, window, int(low), int(high), int(count)))
         total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
         return Plan(rows=sum(walk.rows for walk in walks), table_rows=int(total), walks=walks)
 
@@ -257,28 +322,28 @@ class PurgeQuery:
         return [dict(row._mapping) for row in result]
 
     def delete_window(
-        self, conn: Connection, walk: Walk, low: int, high: int, archive: Archive | None = None
+        self, conn: Connection, window: Window, archive: Archive | None = None
     ) -> int:
-        """Delete the walk's rows with low <= key < high in one short write transaction.
+        """Delete the window's rows in one short write transaction.
 
         With ``archive``, the rows are read and durably archived inside that transaction,
         before they are deleted: nobody can change them in between."""
         raw = driver(conn)
-        window = f"{self.key} >= :low AND {self.key} < :high AND {walk.condition}"
-        params = {**self.params, "low": low, "high": high}
+        condition = window.condition
+        params = {**self.params, **window.bounds}
         batch = None
         raw.execute("BEGIN IMMEDIATE")
         try:
             if archive is not None:
                 cursor = raw.execute(
-                    f"SELECT {self.key}, * FROM {self.table} WHERE {window} ORDER BY {self.key}",
+                    f"SELECT {self.key}, * FROM {self.table} WHERE {condition} ORDER BY {self.key}",
                     params,
                 )
                 columns = [column[0] for column in cursor.description[1:]]
                 rows = cursor.fetchall()
                 if rows:
                     batch = archive.write(columns, [row[1:] for row in rows], [r[0] for r in rows])
-            cursor = raw.execute(f"DELETE FROM {self.table} WHERE {window}", params)
+            cursor = raw.execute(f"DELETE FROM {self.table} WHERE {condition}", params)
             if batch is not None and cursor.rowcount != batch.rows:
                 raise TargetError(
                     f"archived {batch.rows} rows but the delete matched {cursor.rowcount}"
@@ -324,6 +389,20 @@ def walk_key(target: Target, conn: Connection, table: str) -> str:
     raise TargetError(
         f"table {table!r} is WITHOUT ROWID and has no single integer primary key to walk"
     )
+
+
+def leads_an_index(conn: Connection, table: str, column: str) -> bool:
+    """Whether a full (not partial) index of ``table`` (quoted) has ``column`` (quoted)
+    as its first column."""
+    for index in conn.exec_driver_sql(f"PRAGMA index_list({table})").all():
+        if index[4]:  # partial
+            continue
+        quoted = '"' + str(index[1]).replace('"', '""') + '"'
+        first = conn.exec_driver_sql(f"PRAGMA index_info({quoted})").first()
+        if first is not None and first[2] is not None:
+            if '"' + str(first[2]).replace('"', '""') + '"' == column:
+                return True
+    return False
 
 
 def sample_column(target: Target, conn: Connection, table: str, column: str) -> list[object]:

@@ -177,24 +177,25 @@ class PurgeJob(JobSpec):
         raw = sqlite_sql.driver(conn)
         with ctx.token.interrupting(raw.interrupt):
             for walk in plan.walks:
-                low, walked = walk.low, deleted
-                while low <= walk.high and deleted - walked < walk.rows:
+                walked = deleted
+                while True:
                     ctx.check_cancelled()
                     current = sqlite_sql.data_version(conn)
                     if current != version:
                         pacer.others_wrote()
                         version = current
-                    high = min(low + pacer.width, walk.high + 1)
+                    window = walk.next(conn, pacer.width, deleted - walked)
+                    if window is None:
+                        break
                     began = time.monotonic()
                     try:
-                        deleted += query.delete_window(conn, walk, low, high, archive)
+                        deleted += query.delete_window(conn, window, archive)
                     except sqlite3.OperationalError:
                         ctx.check_cancelled()
                         raise
                     elapsed = time.monotonic() - began
                     longest = max(longest, elapsed)
                     batches += 1
-                    low = high
                     result.update(deleted=deleted, batches=batches)
                     ctx.progress(100 * deleted / plan.rows, deleted)
                     _pause(ctx, conn, pacer.record(elapsed), version)
