@@ -146,7 +146,6 @@ class TimeWalk:
 @dataclass(frozen=True)
 class Plan:
     rows: int
-    table_rows: int
     walks: list[KeyWalk | TimeWalk]
 
 
@@ -252,8 +251,20 @@ class PurgeQuery:
             if count:
                 window = part.condition("+" + self.column) + self._filters("+")
                 walks.append(KeyWalk(self.key, window, int(low), int(high), int(count)))
-        total = conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one()
-        return Plan(rows=sum(walk.rows for walk in walks), table_rows=int(total), walks=walks)
+        return Plan(rows=sum(walk.rows for walk in walks), walks=walks)
+
+    def table_rows(self, conn: Connection) -> int:
+        return int(conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one())
+
+    def any_kept(self, conn: Connection) -> bool:
+        """Whether a row certainly newer than the cutoff exists, found through an index
+        on the time column at once (the guard then needs no count of the table)."""
+        bound = ":text_bound" if self.time_format is TimeFormat.ISO else ":cutoff"
+        found = conn.execute(
+            text(f"SELECT 1 FROM {self.table} WHERE {self.column} >= {bound} LIMIT 1"),
+            self.params,
+        ).first()
+        return found is not None
 
     def edges(self, conn: Connection) -> tuple[datetime | None, datetime | None]:
         """The oldest and newest times of the rows to delete."""
@@ -262,6 +273,16 @@ class PurgeQuery:
         else:
             oldest, newest = time_edges(conn, self.table, self.column, self.condition, self.params)
         return self._to_datetime(oldest), self._to_datetime(newest)
+
+    def oldest(self, conn: Connection) -> datetime | None:
+        """The oldest time of the rows to delete (a run records it; it needs no newest)."""
+        if self.time_format is TimeFormat.ISO:
+            return self._to_datetime(self._iso_edge(conn, "ASC"))
+        least = conn.execute(
+            text(f"SELECT min({self.column}) FROM {self.table} WHERE {self.condition}"),
+            self.params,
+        ).scalar()
+        return self._to_datetime(least)
 
     def _iso_edge(self, conn: Connection, order: str) -> Any:
         """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,

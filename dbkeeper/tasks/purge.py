@@ -106,6 +106,7 @@ class PurgeJob(JobSpec):
         with sqlite_sql.connect(ctx.target()) as conn:
             query = self._query(ctx, conn)
             plan = query.plan(conn)
+            table_rows = query.table_rows(conn)
             oldest, newest = query.edges(conn)
             samples = query.samples(conn, self.sample_rows)
             owners = (
@@ -115,13 +116,13 @@ class PurgeJob(JobSpec):
             )
         return {
             "rows": plan.rows,
-            "table_rows": plan.table_rows,
+            "table_rows": table_rows,
             "cutoff": self.cutoff(ctx.now),
             "oldest": oldest,
             "newest": newest,
             "format": query.time_format.value,
             "samples": samples,
-            "would_refuse": self.refusal(plan.rows, plan.table_rows),
+            "would_refuse": self.refusal(plan.rows, table_rows),
             "archive": self.archive,
             "owners": owners,
         }
@@ -139,8 +140,10 @@ class PurgeJob(JobSpec):
             archive = self.archive_for(ctx, query.key) if self.archive else None
             recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
-            oldest, _ = query.edges(conn)
-            refusal = self.refusal(plan.rows, plan.table_rows)
+            oldest = query.oldest(conn)
+            refusal = (
+                None if query.any_kept(conn) else self.refusal(plan.rows, query.table_rows(conn))
+            )
             if refusal:
                 raise RefusedError(refusal)
             result: dict[str, Any] = {
