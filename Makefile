@@ -11,12 +11,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# An editable install is not byte-compiled as a wheel install is: compile once, so that
+# every command does not compile dbkeeper's modules again (where bytecode is not written).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m compileall -q dbkeeper
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m compileall -q dbkeeper
 	command -v chromium >/dev/null || $(BIN)/python -m playwright install chromium
 	touch $@ $(VENV)/.installed
 
