@@ -163,6 +163,7 @@ class PurgeQuery:
         key: str,
     ) -> None:
         self.table = target.quote(table)
+        self.column_name = column
         self.column = target.quote(column)
         self.key = key if key == "rowid" else target.quote(key)
         self.time_format = time_format
@@ -222,13 +223,13 @@ class PurgeQuery:
         return [Part(None, "< :cutoff", "", narrow=False)]
 
     def plan(self, conn: Connection) -> Plan:
-        """Exact count of the rows to delete, the table's, and how to walk each part.
+        """Exact count of the rows to delete, and how to walk each part.
 
         With an index that leads with the time column, each part is walked through it.
         Otherwise by key: a narrow part over its own key range, a wide one from the
         table's first key until its planned rows are gone (its lowest and highest keys
         would cost a pass over the whole part, more than the count)."""
-        by_time = leads_an_index(conn, self.table, self.column)
+        by_time = leads_an_index(conn, self.table, self.column_name)
         keys = f"min({self.key}), max({self.key})"
         walks: list[KeyWalk | TimeWalk] = []
         for part in self._parts():
@@ -413,16 +414,16 @@ def walk_key(target: Target, conn: Connection, table: str) -> str:
 
 
 def leads_an_index(conn: Connection, table: str, column: str) -> bool:
-    """Whether a full (not partial) index of ``table`` (quoted) has ``column`` (quoted)
-    as its first column."""
+    """Whether a full (not partial) index of ``table`` (quoted) has the column named
+    ``column`` as its first column (SQLite's names ignore ASCII case)."""
     for index in conn.exec_driver_sql(f"PRAGMA index_list({table})").all():
         if index[4]:  # partial
             continue
         quoted = '"' + str(index[1]).replace('"', '""') + '"'
         first = conn.exec_driver_sql(f"PRAGMA index_info({quoted})").first()
-        if first is not None and first[2] is not None:
-            if '"' + str(first[2]).replace('"', '""') + '"' == column:
-                return True
+        name = None if first is None else first[2]  # None: an expression
+        if name is not None and str(name).lower() == column.lower():
+            return True
     return False
 
 
