@@ -31,13 +31,3 @@ def owner_groups(
         {"owner": who, "rows": int(count), "oldest": to_datetime(oldest)}
         for who, count, oldest in result
     ]
-
-
-def time_edges(
-    conn: Connection, table: str, column: str, condition: str, params: dict[str, Any]
-) -> tuple[Any, Any]:
-    """The least and greatest value of ``column`` (quoted) over rows matching ``condition``."""
-    least, greatest = conn.execute(
-        text(f"SELECT min({column}), max({column}) FROM {table} WHERE {condition}"), params
-    ).one()
-    return least, greatest

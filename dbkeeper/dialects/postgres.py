@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dbkeeper.archive import Archive
 from dbkeeper.context import CancelToken
-from dbkeeper.dialects.common import owner_groups, time_edges
+from dbkeeper.dialects.common import owner_groups
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target, transaction
 from dbkeeper.timeformats import TimeFormat, detect
@@ -317,7 +317,13 @@ class PurgeQuery:
 
     def edges(self, conn: Connection) -> tuple[datetime | None, datetime | None]:
         """The oldest and newest times of the rows to delete."""
-        oldest, newest = time_edges(conn, self.table, self.column, self.condition, self.params)
+        oldest, newest = conn.execute(
+            text(
+                f"SELECT min({self.column}), max({self.column}) FROM {self.table} "
+                f"WHERE {self.condition}"
+            ),
+            self.params,
+        ).one()
         return self.time.to_datetime(oldest), self.time.to_datetime(newest)
 
     def any_kept(self, conn: Connection) -> bool:

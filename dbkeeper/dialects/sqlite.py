@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from dbkeeper.archive import Archive
-from dbkeeper.dialects.common import owner_groups, time_edges
+from dbkeeper.dialects.common import owner_groups
 from dbkeeper.errors import TargetError
 from dbkeeper.targets import Target
 from dbkeeper.timeformats import TimeFormat
@@ -269,21 +269,19 @@ class PurgeQuery:
 
     def edges(self, conn: Connection) -> tuple[datetime | None, datetime | None]:
         """The oldest and newest times of the rows to delete."""
-        if self.time_format is TimeFormat.ISO:
-            oldest, newest = self._iso_edge(conn, "ASC"), self._iso_edge(conn, "DESC")
-        else:
-            oldest, newest = time_edges(conn, self.table, self.column, self.condition, self.params)
-        return self._to_datetime(oldest), self._to_datetime(newest)
+        return self.edge(conn, "ASC"), self.edge(conn, "DESC")
 
-    def oldest(self, conn: Connection) -> datetime | None:
-        """The oldest time of the rows to delete (a run records it; it needs no newest)."""
+    def edge(self, conn: Connection, order: str) -> datetime | None:
+        """The oldest (``ASC``) or newest (``DESC``) time of the rows to delete, each
+        through the index on its own (a run records only the oldest)."""
         if self.time_format is TimeFormat.ISO:
-            return self._to_datetime(self._iso_edge(conn, "ASC"))
-        least = conn.execute(
-            text(f"SELECT min({self.column}) FROM {self.table} WHERE {self.condition}"),
+            return self._to_datetime(self._iso_edge(conn, order))
+        edge = "min" if order == "ASC" else "max"
+        value = conn.execute(
+            text(f"SELECT {edge}({self.column}) FROM {self.table} WHERE {self.condition}"),
             self.params,
         ).scalar()
-        return self._to_datetime(least)
+        return self._to_datetime(value)
 
     def _iso_edge(self, conn: Connection, order: str) -> Any:
         """The oldest (``ASC``) or newest (``DESC``) matching time of ISO text, as a julian day,

@@ -140,7 +140,7 @@ class PurgeJob(JobSpec):
             archive = self.archive_for(ctx, query.key) if self.archive else None
             recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
-            oldest = query.oldest(conn)
+            oldest = query.edge(conn, "ASC")
             refusal = (
                 None if query.any_kept(conn) else self.refusal(plan.rows, query.table_rows(conn))
             )
