@@ -270,18 +270,22 @@ def _copy_out(pgconn: pq.abc.PGconn, write: Callable[[memoryview], object]) -> i
         if size > 0:
             write(data)
             messages += 1
-        elif size == 0:  # nothing buffered: wait for the socket without holding the GIL
-            select.select([pgconn.socket], [], [])
-            pgconn.consume_input()
+        elif size == 0:  # nothing buffered
+            _receive(pgconn)
         else:
             return messages
 
 
 def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
     while pgconn.is_busy():
-        select.select([pgconn.socket], [], [])
-        pgconn.consume_input()
+        _receive(pgconn)
     return pgconn.get_result()
+
+
+def _receive(pgconn: pq.abc.PGconn) -> None:
+    """Wait for the server's next bytes without holding the GIL, and take them in."""
+    select.select([pgconn.socket], [], [])
+    pgconn.consume_input()
 
 
 def _expect(result: pq.abc.PGresult | None, status: pq.ExecStatus) -> pq.abc.PGresult:
