@@ -719,6 +719,7 @@ class StateStore:
         """Each job's last status and count of failures in a row, for runs ended in order."""
         if not settled:
             return
+        moment = now()
         failures = jobs_table.c.consecutive_failures
         conn.execute(
             update(jobs_table)
@@ -738,7 +739,7 @@ class StateStore:
                     "b_missed": status is RunStatus.MISSED,
                     "b_failure": status.failure,
                     "b_status": status.value,
-                    "b_now": now(),
+                    "b_now": moment,
                 }
                 for job, status in settled
             ],
