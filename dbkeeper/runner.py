@@ -65,10 +65,12 @@ class End:
 class EndRecorder:
     """Records runs' ends, several in one transaction (group commit), on a thread of its
     own: a worker hands its run's end over and is free for its next run; whoever needs
-    the run as recorded waits on ``End.recorded``. The thread starts when an end arrives
-    and none is writing, commits what queued meanwhile, and stops when nothing is left.
-    With a chain, an end and the runs it starts are one transaction: an end is never
-    recorded without them."""
+    the run as recorded waits on ``End.recorded``. The thread starts with the first end,
+    commits what queued while it wrote, and stops once no end came for ``LINGER``
+    seconds. With a chain, an end and the runs it starts are one transaction: an end is
+    never recorded without them."""
+
+    LINGER = 1.0
 
     def __init__(self, store: StateStore, chains: Chains | None) -> None:
         self.store = store
@@ -83,9 +85,10 @@ class EndRecorder:
         with self._turn:
             self._queued.append(end)
             self._submitted += 1
-            if not self._writing:
-                self._writing = True
-                threading.Thread(target=self._drain, name="dbkeeper-ends", daemon=True).start()
+            start, self._writing = not self._writing, True
+            self._turn.notify_all()
+        if start:  # outside the lock: other workers hand their ends over meanwhile
+            threading.Thread(target=self._drain, name="dbkeeper-ends", daemon=True).start()
         return end.recorded
 
     def flush(self) -> None:
@@ -97,7 +100,7 @@ class EndRecorder:
     def _drain(self) -> None:
         while True:
             with self._turn:
-                if not self._queued:
+                if not self._turn.wait_for(lambda: self._queued, self.LINGER):
                     self._writing = False
                     return
                 batch, self._queued = self._queued, []
