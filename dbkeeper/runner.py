@@ -67,17 +67,23 @@ class EndRecorder:
     own: a worker hands its run's end over and is free for its next run; whoever needs
     the run as recorded waits on ``End.recorded``. The thread starts with the first end,
     commits what queued while it wrote, and stops once no end came for ``LINGER``
-    seconds. With a chain, an end and the runs it starts are one transaction: an end is
-    never recorded without them."""
+    seconds. With ``gather``, it first waits for more ends while they keep coming (a
+    pause of ``QUIET`` ends the wait), at most ``gather`` seconds or until ``flush``:
+    one transaction for a burst of ends rather than many small ones competing with the
+    runs starting meanwhile. With a chain, an end and the runs it starts are one
+    transaction: an end is never recorded without them."""
 
     LINGER = 1.0
+    QUIET = 0.02
 
-    def __init__(self, store: StateStore, chains: Chains | None) -> None:
+    def __init__(self, store: StateStore, chains: Chains | None, gather: float = 0.0) -> None:
         self.store = store
         self.chains = chains
+        self.gather = gather
         self._turn = threading.Condition()
         self._queued: list[End] = []
         self._writing = False
+        self._hurry = False  # flush() waits: commit what has come without gathering more
         self._submitted = 0  # ends handed over
         self._settled = 0  # of those, ends committed (or failed), in order
 
@@ -86,7 +92,8 @@ class EndRecorder:
             self._queued.append(end)
             self._submitted += 1
             start, self._writing = not self._writing, True
-            self._turn.notify_all()
+            if len(self._queued) == 1:  # the thread may wait for a first end
+                self._turn.notify_all()
         if start:  # outside the lock: other workers hand their ends over meanwhile
             threading.Thread(target=self._drain, name="dbkeeper-ends", daemon=True).start()
         return end.recorded
@@ -95,6 +102,8 @@ class EndRecorder:
         """Wait until every end handed over so far is committed (or has failed)."""
         with self._turn:
             handed = self._submitted
+            self._hurry = True
+            self._turn.notify_all()
             self._turn.wait_for(lambda: self._settled >= handed)
 
     def _drain(self) -> None:
@@ -103,11 +112,21 @@ class EndRecorder:
                 if not self._turn.wait_for(lambda: self._queued, self.LINGER):
                     self._writing = False
                     return
-                batch, self._queued = self._queued, []
+                self._gather()
+                batch, self._queued, self._hurry = self._queued, [], False
             self._commit(batch)
             with self._turn:
                 self._settled += len(batch)
                 self._turn.notify_all()
+
+    def _gather(self) -> None:
+        """Wait (holding ``_turn``) while ends keep coming, within ``gather`` seconds."""
+        deadline = time.monotonic() + self.gather
+        while not self._hurry and time.monotonic() < deadline:
+            seen = len(self._queued)
+            self._turn.wait_for(lambda: self._hurry, self.QUIET)
+            if len(self._queued) == seen:
+                return
 
     def _commit(self, batch: list[End]) -> None:
         try:
@@ -166,6 +185,7 @@ class Runner:
         stopping: threading.Event | None = None,
         notifier: Notifier | None = None,
         chains: Chains | None = None,
+        gather: float = 0.0,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -173,7 +193,7 @@ class Runner:
         self.lease = lease
         self.stopping = stopping or threading.Event()
         self.notifier = notifier
-        self.ends = EndRecorder(store, chains)
+        self.ends = EndRecorder(store, chains, gather)
 
     def execute(
         self,

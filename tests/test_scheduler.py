@@ -56,8 +56,8 @@ def _project(project: Project, jobs: str, keeper: str = "") -> Project:
     return project
 
 
-def _set_cursor(project: Project, job: str, moment: datetime) -> None:
-    conn = sqlite3.connect(project.state)
+def _set_cursor(state: Path, job: str, moment: datetime) -> None:
+    conn = sqlite3.connect(state)
     text = moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
     conn.execute("UPDATE dbkeeper_jobs SET cursor = ? WHERE name = ?", (text, job))
     conn.commit()
@@ -104,7 +104,7 @@ def test_tick_three_times_in_a_minute_records_one_run(project: Project, history:
     assert first.json() == [], "a new job starts from now: nothing to catch up"
     moment = _away_from_minute_boundary()
     slot = _minute_start(moment)
-    _set_cursor(project, "minutely", slot - timedelta(seconds=1))
+    _set_cursor(project.state, "minutely", slot - timedelta(seconds=1))
     results = [project.cli("tick", "--json") for _ in range(3)]
     assert [len(result.json()) for result in results] == [1, 0, 0]
     runs = history("minutely")
@@ -119,7 +119,7 @@ def test_racing_tick_processes_never_run_a_slot_twice(project: Project, history:
     assert project.cli("tick").returncode == 0
     moment = _away_from_minute_boundary()
     newest = _minute_start(moment)
-    _set_cursor(project, "minutely", newest - timedelta(minutes=5, seconds=1))
+    _set_cursor(project.state, "minutely", newest - timedelta(minutes=5, seconds=1))
     ticks = [project.popen("tick") for _ in range(4)]
     for tick in ticks:
         tick.communicate(timeout=120)
@@ -142,7 +142,7 @@ def test_slots_older_than_their_grace_are_recorded_missed(
     assert project.cli("tick").returncode == 0
     moment = _away_from_minute_boundary()
     newest = _minute_start(moment)
-    _set_cursor(project, "minutely", newest - timedelta(minutes=10, seconds=1))
+    _set_cursor(project.state, "minutely", newest - timedelta(minutes=10, seconds=1))
     assert project.cli("tick").returncode == 0
     runs = history("minutely")
     assert len(runs) == 11, "every slot is accounted for"
@@ -165,7 +165,7 @@ def test_a_long_outage_is_summarised_not_dropped(project: Project, history: Hist
     assert project.cli("tick").returncode == 0
     moment = _away_from_minute_boundary()
     newest = _minute_start(moment)
-    _set_cursor(project, "minutely", newest - timedelta(hours=3, seconds=1))
+    _set_cursor(project.state, "minutely", newest - timedelta(hours=3, seconds=1))
     assert project.cli("tick").returncode == 0
     runs = history("minutely")
     missed = [run for run in runs if run["status"] == "missed"]
@@ -178,7 +178,7 @@ def test_a_long_outage_is_summarised_not_dropped(project: Project, history: Hist
 def test_disabled_jobs_never_run_on_schedule(project: Project, history: History) -> None:
     _project(project, EVERY_MINUTE.format(extra="enabled = false"))
     assert project.cli("tick").returncode == 0
-    _set_cursor(project, "minutely", datetime.now(UTC) - timedelta(minutes=5))
+    _set_cursor(project.state, "minutely", datetime.now(UTC) - timedelta(minutes=5))
     assert project.cli("tick", "--json").json() == []
     assert history("minutely") == []
     status = project.cli("status", "--json").json()
@@ -276,7 +276,7 @@ def test_queue_policy_runs_a_slot_after_the_running_one(project: Project, histor
     assert project.cli("tick").returncode == 0
     moment = _away_from_minute_boundary()
     newest = _minute_start(moment)
-    _set_cursor(project, "minutely", newest - timedelta(minutes=1, seconds=1))
+    _set_cursor(project.state, "minutely", newest - timedelta(minutes=1, seconds=1))
     assert project.cli("tick").returncode == 0
     lines = _lines(project)
     assert [line[1] for line in lines] == [
@@ -411,3 +411,85 @@ def test_history_retention_never_prunes_unfinished_runs(status: str, tmp_path: P
     assert run_id is not None
     assert store.prune(datetime.now(UTC)) == 0
     assert store.get_run(run_id) is not None
+
+
+def test_start_claims_slots_ahead_but_never_starts_a_run_before_its_slot(
+    project: Project, history: History
+) -> None:
+    _project(
+        project,
+        """
+        [jobs.secondly]
+        task = "python"
+        call = "jobs:record"
+        schedule = "every 1s"
+        """,
+    )
+    process = project.popen("start", "--no-http")
+    try:
+        time.sleep(4.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+    runs = [run for run in history("secondly") if run["status"] == "succeeded"]
+    assert len(runs) >= 3
+    slots = sorted(datetime.fromisoformat(run["scheduled_for"]) for run in runs)
+    assert len(set(slots)) == len(slots)
+    assert all(later - earlier == timedelta(seconds=1) for earlier, later in zip(slots, slots[1:]))
+    for run in runs:
+        slot = datetime.fromisoformat(run["scheduled_for"])
+        assert datetime.fromisoformat(run["started_at"]) >= slot
+    claimed_ahead = [
+        run
+        for run in runs
+        if datetime.fromisoformat(run["created_at"]) < datetime.fromisoformat(run["scheduled_for"])
+    ]
+    assert claimed_ahead, "no slot was claimed before it was due"
+
+
+def test_a_running_jobs_next_slot_is_left_to_be_claimed_when_due(tmp_path: Path) -> None:
+    """Claiming ahead must not decide a running job's next slot early (it would be
+    skipped although the run may end before the slot): that slot waits."""
+    from dbkeeper.keeper import Keeper
+    from dbkeeper.models import RunStatus, Trigger
+
+    (tmp_path / "jobs.py").write_text(JOBS)
+    (tmp_path / "dbkeeper.toml").write_text(
+        """
+        [jobs.busy]
+        task = "python"
+        call = "jobs:record"
+        schedule = "every 1s"
+
+        [jobs.idle]
+        task = "python"
+        call = "jobs:record"
+        schedule = "every 1s"
+        """
+    )
+    keeper = Keeper.from_config(tmp_path / "dbkeeper.toml")
+    try:
+        scheduler = keeper.scheduler("scheduler")
+        slot = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+        for job in ("busy", "idle"):
+            _set_cursor(tmp_path / "dbkeeper-state.db", job, slot - timedelta(seconds=1))
+        running = keeper.store.claim(
+            "busy",
+            slot - timedelta(seconds=1),
+            attempt=2,
+            status=RunStatus.RUNNING,
+            trigger=Trigger.RETRY,
+            node=scheduler.node.id,
+        )
+        assert running is not None
+        claimed = scheduler.claim_due(slot - timedelta(milliseconds=100), slot)
+        assert [(c.job, c.scheduled_for) for c in claimed] == [("idle", slot)]
+        assert keeper.store.cursors() == {"busy": slot - timedelta(seconds=1), "idle": slot}
+        # When the slot is due it is claimed, and the running job's policy decides.
+        scheduler.claim_due(slot)
+        assert keeper.store.cursors()["busy"] == slot
+        skipped = keeper.store.runs(job="busy", status=[RunStatus.SKIPPED], limit=None)
+        assert [run.scheduled_for for run in skipped] == [slot]
+    finally:
+        keeper.close()
