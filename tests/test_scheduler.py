@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -436,7 +437,7 @@ def test_start_claims_slots_ahead_but_never_starts_a_run_before_its_slot(
     assert len(runs) >= 3
     slots = sorted(datetime.fromisoformat(run["scheduled_for"]) for run in runs)
     assert len(set(slots)) == len(slots)
-    assert all(later - earlier == timedelta(seconds=1) for earlier, later in zip(slots, slots[1:]))
+    assert all(later - earlier == timedelta(seconds=1) for earlier, later in pairwise(slots))
     for run in runs:
         slot = datetime.fromisoformat(run["scheduled_for"])
         assert datetime.fromisoformat(run["started_at"]) >= slot
