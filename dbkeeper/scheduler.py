@@ -46,6 +46,8 @@ PRUNE_EVERY = timedelta(hours=1)
 RETRY_CLAIMS = timedelta(seconds=5)
 # Runs' ends are gathered while they keep coming, at most this long, and committed together.
 GATHER_ENDS = timedelta(milliseconds=250)
+# Past this many runs starting at once, they are logged in one line.
+START_LINES = 10
 # How far ahead of its slot a run is claimed: three times what the last claim took, within these.
 LEAD_MIN = timedelta(milliseconds=20)
 LEAD_MAX = timedelta(milliseconds=500)
@@ -284,13 +286,18 @@ class Scheduler:
         pool: ThreadPoolExecutor,
         futures: dict[Future[Future[Run]], Claimed],
     ) -> None:
-        """Hand the held runs whose slots have come to the workers."""
+        """Hand the held runs whose slots have come to the workers. Each is logged, or,
+        when many start at once, they are logged in one line (each at debug level)."""
         moment = now()
         due = [claimed for claimed in held if claimed.scheduled_for <= moment]
         del held[: len(due)]  # they are in slot order
+        each = log.info if len(due) <= START_LINES else log.debug
         for claimed in due:
-            log.info("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
+            each("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
             futures[pool.submit(self._run, claimed)] = claimed
+        if len(due) > START_LINES:
+            names = ", ".join(claimed.job for claimed in due[:START_LINES])
+            log.info("starting %d runs: %s and %d more", len(due), names, len(due) - START_LINES)
 
     def _look(self) -> list[Claimed]:
         """What to start now or hold until its slot. When a claim is due or the runtime
@@ -353,7 +360,9 @@ class Scheduler:
         held: list[Claimed],
         grace: float,
     ) -> None:
-        """Hand back runs not yet started, let running ones finish within ``grace``,
+        """Hand back runs not yet started (those held for their slots too: as with a
+        claimed run still waiting for a worker, any node may take them), let running ones
+        finish within ``grace``,
         then interrupt the rest (each records itself as cancelled), and wait until every
         end is recorded."""
         unstarted = [claimed.run_id for future, claimed in futures.items() if future.cancel()]
