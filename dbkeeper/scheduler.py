@@ -360,11 +360,9 @@ class Scheduler:
         held: list[Claimed],
         grace: float,
     ) -> None:
-        """Hand back runs not yet started (those held for their slots too: as with a
-        claimed run still waiting for a worker, any node may take them), let running ones
-        finish within ``grace``,
-        then interrupt the rest (each records itself as cancelled), and wait until every
-        end is recorded."""
+        """Hand back runs not yet started, for any node to take (those held for their
+        slots too), let running ones finish within ``grace``, then interrupt the rest
+        (each records itself as cancelled), and wait until every end is recorded."""
         unstarted = [claimed.run_id for future, claimed in futures.items() if future.cancel()]
         unstarted += [claimed.run_id for claimed in held]
         if unstarted:
