@@ -365,7 +365,7 @@ class StateStore:
     def _insert_new(self, table: Table, **values: Any) -> Any:
         """An INSERT that does nothing when the row's key already exists (its values given
         here, or as parameters when it is executed)."""
-        # The engine's own dialect package (importing PostgreSQL's costs 30 ms otherwise).
+        # The engine's own dialect package (importing PostgreSQL's would cost about 20 ms).
         module = importlib.import_module(f"sqlalchemy.dialects.{self.engine.dialect.name}")
         statement = module.insert(table)
         return (statement.values(**values) if values else statement).on_conflict_do_nothing()
