@@ -414,11 +414,11 @@ def walk_key(target: Target, conn: Connection, table: str) -> str:
 def leads_an_index(conn: Connection, table: str, column: str) -> bool:
     """Whether a full (not partial) index of ``table`` (quoted) has the column named
     ``column`` as its first column (SQLite's names ignore ASCII case)."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
     for index in conn.exec_driver_sql(f"PRAGMA index_list({table})").all():
         if index[4]:  # partial
             continue
-        quoted = '"' + str(index[1]).replace('"', '""') + '"'
-        first = conn.exec_driver_sql(f"PRAGMA index_info({quoted})").first()
+        first = conn.exec_driver_sql(f"PRAGMA index_info({quote(str(index[1]))})").first()
         name = None if first is None else first[2]  # None: an expression
         if name is not None and str(name).lower() == column.lower():
             return True
