@@ -102,8 +102,9 @@ class EndRecorder:
         """Wait until every end handed over so far is committed (or has failed)."""
         with self._turn:
             handed = self._submitted
-            self._hurry = True
-            self._turn.notify_all()
+            if self._queued:  # the thread may be gathering more: commit these now
+                self._hurry = True
+                self._turn.notify_all()
             self._turn.wait_for(lambda: self._settled >= handed)
 
     def _drain(self) -> None:
