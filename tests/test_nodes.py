@@ -194,7 +194,7 @@ CREATE INDEX ON events (created_at);
 INSERT INTO events (created_at, kind)
     SELECT now() - (g % 90) * interval '1 day' - interval '1 hour',
            CASE g % 2 WHEN 0 THEN 'a' ELSE 'b' END
-    FROM generate_series(1, 60000) AS g;
+    FROM generate_series(1, 120000) AS g;
 CREATE TABLE purge_log (session text, began timestamptz, ended timestamptz);
 CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE began timestamptz := clock_timestamp();
@@ -227,7 +227,7 @@ def test_two_purges_of_one_table_never_overlap_across_nodes(
         text = project.cli("status").stdout
         if "purge-" in text.partition("running")[2]:
             seen_running = text
-        time.sleep(0.3)
+        time.sleep(0.05)
     outputs = [run.communicate(timeout=60) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
 
