@@ -60,6 +60,7 @@ class Claimed:
     scheduled_for: datetime
     attempt: int = 1
     with_downstream: bool = True
+    claimed_ahead_at: datetime | None = None  # claimed before its slot, at this moment
 
 
 class Scheduler:
@@ -140,7 +141,12 @@ class Scheduler:
         won = self.store.claim_all(claims)
         self.store.advance_cursors(cursors)
         return [
-            Claimed(claim.job, run_id, claim.scheduled_for)
+            Claimed(
+                claim.job,
+                run_id,
+                claim.scheduled_for,
+                claimed_ahead_at=moment if claim.scheduled_for > moment else None,
+            )
             for claim, run_id in zip(claims, won, strict=True)
             if run_id is not None and claim.status is RunStatus.RUNNING
         ]
@@ -360,11 +366,20 @@ class Scheduler:
         held: list[Claimed],
         grace: float,
     ) -> None:
-        """Hand back runs not yet started, for any node to take (those held for their
-        slots too), let running ones finish within ``grace``, then interrupt the rest
-        (each records itself as cancelled), and wait until every end is recorded."""
+        """Undo the claims of runs held for slots not yet come, hand back runs not yet
+        started for any node to take, let running ones finish within ``grace``, then
+        interrupt the rest (each records itself as cancelled), and wait until every end
+        is recorded."""
+        ahead = [
+            (claimed.run_id, claimed.job, claimed.scheduled_for, claimed.claimed_ahead_at)
+            for claimed in held
+            if claimed.claimed_ahead_at is not None
+        ]
+        if ahead:
+            log.info("giving back %d slots claimed ahead", len(ahead))
+            self.store.unclaim(ahead)
         unstarted = [claimed.run_id for future, claimed in futures.items() if future.cancel()]
-        unstarted += [claimed.run_id for claimed in held]
+        unstarted += [claimed.run_id for claimed in held if claimed.claimed_ahead_at is None]
         if unstarted:
             log.info("handing back %d runs that had not started", len(unstarted))
             self.store.hand_back(unstarted)

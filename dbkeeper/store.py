@@ -991,6 +991,26 @@ class StateStore:
                 .values(status=RunStatus.QUEUED.value, node=None, started_at=None)
             )
 
+    def unclaim(self, claims: Sequence[tuple[int, str, datetime, datetime]]) -> None:
+        """Undo claims made ahead of their slots, as (run id, job, slot, claimed at), whose
+        runs never started: the runs go, and each job's cursor goes back to when its slot
+        was claimed, so the slot is claimed again when it comes (by any node, or recorded
+        as missed past its grace), as if it had never been claimed."""
+        with self.transaction() as conn:
+            for run_id, job, slot, claimed_at in claims:
+                gone = conn.execute(
+                    delete(runs_table).where(
+                        runs_table.c.id == run_id,
+                        runs_table.c.status == RunStatus.RUNNING.value,
+                    )
+                )
+                if gone.rowcount:
+                    conn.execute(
+                        update(jobs_table)
+                        .where(jobs_table.c.name == job, jobs_table.c.cursor == slot)
+                        .values(cursor=claimed_at)
+                    )
+
     # -- locks --------------------------------------------------------------
 
     def lock(self, resource: str, run_id: int, node: str, lease: timedelta) -> int | None:

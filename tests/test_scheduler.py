@@ -494,3 +494,37 @@ def test_a_running_jobs_next_slot_is_left_to_be_claimed_when_due(tmp_path: Path)
         assert [run.scheduled_for for run in skipped] == [slot]
     finally:
         keeper.close()
+
+
+def test_a_slot_claimed_ahead_and_given_back_is_claimed_again_when_due(tmp_path: Path) -> None:
+    """A node stopping between a claim made ahead and its slot gives the slot back: no
+    run is left behind for it, and the slot is claimed again when it comes."""
+    from dbkeeper.keeper import Keeper
+    from dbkeeper.models import RunStatus
+
+    (tmp_path / "jobs.py").write_text(JOBS)
+    (tmp_path / "dbkeeper.toml").write_text(
+        """
+        [jobs.idle]
+        task = "python"
+        call = "jobs:record"
+        schedule = "every 1s"
+        """
+    )
+    keeper = Keeper.from_config(tmp_path / "dbkeeper.toml")
+    try:
+        scheduler = keeper.scheduler("scheduler")
+        slot = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+        _set_cursor(tmp_path / "dbkeeper-state.db", "idle", slot - timedelta(seconds=1))
+        moment = slot - timedelta(milliseconds=100)
+        (claimed,) = scheduler.claim_due(moment, slot)
+        assert (claimed.scheduled_for, claimed.claimed_ahead_at) == (slot, moment)
+        keeper.store.unclaim([(claimed.run_id, claimed.job, claimed.scheduled_for, moment)])
+        assert keeper.store.runs(job="idle", limit=None) == []
+        assert keeper.store.cursors() == {"idle": moment}
+        (again,) = scheduler.claim_due(slot)
+        assert (again.scheduled_for, again.claimed_ahead_at) == (slot, None)
+        runs = keeper.store.runs(job="idle", limit=None)
+        assert [(run.scheduled_for, run.status) for run in runs] == [(slot, RunStatus.RUNNING)]
+    finally:
+        keeper.close()
