@@ -7,7 +7,8 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from dbkeeper.keeper import Keeper
+from dbkeeper.models import RunStatus, Trigger
+from dbkeeper.scheduler import Scheduler
 from tests.conftest import Project
 
 JOBS = """
@@ -398,7 +402,6 @@ def test_history_is_pruned_by_its_own_retention(project: Project, history: Histo
 
 @pytest.mark.parametrize("status", ["running", "queued"])
 def test_history_retention_never_prunes_unfinished_runs(status: str, tmp_path: Path) -> None:
-    from dbkeeper.models import RunStatus, Trigger
     from dbkeeper.store import StateStore
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
@@ -449,82 +452,66 @@ def test_start_claims_slots_ahead_but_never_starts_a_run_before_its_slot(
     assert claimed_ahead, "no slot was claimed before it was due"
 
 
-def test_a_running_jobs_next_slot_is_left_to_be_claimed_when_due(tmp_path: Path) -> None:
-    """Claiming ahead must not decide a running job's next slot early (it would be
-    skipped although the run may end before the slot): that slot waits."""
-    from dbkeeper.keeper import Keeper
-    from dbkeeper.models import RunStatus, Trigger
+SLOT = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 
+
+@contextmanager
+def _secondly(tmp_path: Path, *jobs: str) -> Iterator[Scheduler]:
+    """A scheduler (in process) whose ``jobs`` are due every second, each accounted for
+    up to the second before ``SLOT``."""
     (tmp_path / "jobs.py").write_text(JOBS)
     (tmp_path / "dbkeeper.toml").write_text(
-        """
-        [jobs.busy]
-        task = "python"
-        call = "jobs:record"
-        schedule = "every 1s"
-
-        [jobs.idle]
-        task = "python"
-        call = "jobs:record"
-        schedule = "every 1s"
-        """
+        "\n".join(
+            f'[jobs.{job}]\ntask = "python"\ncall = "jobs:record"\nschedule = "every 1s"\n'
+            for job in jobs
+        )
     )
     keeper = Keeper.from_config(tmp_path / "dbkeeper.toml")
     try:
         scheduler = keeper.scheduler("scheduler")
-        slot = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
-        for job in ("busy", "idle"):
-            _set_cursor(tmp_path / "dbkeeper-state.db", job, slot - timedelta(seconds=1))
+        for job in jobs:
+            _set_cursor(tmp_path / "dbkeeper-state.db", job, SLOT - timedelta(seconds=1))
+        yield scheduler
+    finally:
+        keeper.close()
+
+
+def test_a_running_jobs_next_slot_is_left_to_be_claimed_when_due(tmp_path: Path) -> None:
+    """Claiming ahead must not decide a running job's next slot early (it would be
+    skipped although the run may end before the slot): that slot waits."""
+    with _secondly(tmp_path, "busy", "idle") as scheduler:
+        keeper = scheduler.keeper
         running = keeper.store.claim(
             "busy",
-            slot - timedelta(seconds=1),
+            SLOT - timedelta(seconds=1),
             attempt=2,
             status=RunStatus.RUNNING,
             trigger=Trigger.RETRY,
             node=scheduler.node.id,
         )
         assert running is not None
-        claimed = scheduler.claim_due(slot - timedelta(milliseconds=100), slot)
-        assert [(c.job, c.scheduled_for) for c in claimed] == [("idle", slot)]
-        assert keeper.store.cursors() == {"busy": slot - timedelta(seconds=1), "idle": slot}
+        claimed = scheduler.claim_due(SLOT - timedelta(milliseconds=100), SLOT)
+        assert [(c.job, c.scheduled_for) for c in claimed] == [("idle", SLOT)]
+        assert keeper.store.cursors() == {"busy": SLOT - timedelta(seconds=1), "idle": SLOT}
         # When the slot is due it is claimed, and the running job's policy decides.
-        scheduler.claim_due(slot)
-        assert keeper.store.cursors()["busy"] == slot
+        scheduler.claim_due(SLOT)
+        assert keeper.store.cursors()["busy"] == SLOT
         skipped = keeper.store.runs(job="busy", status=[RunStatus.SKIPPED], limit=None)
-        assert [run.scheduled_for for run in skipped] == [slot]
-    finally:
-        keeper.close()
+        assert [run.scheduled_for for run in skipped] == [SLOT]
 
 
 def test_a_slot_claimed_ahead_and_given_back_is_claimed_again_when_due(tmp_path: Path) -> None:
     """A node stopping between a claim made ahead and its slot gives the slot back: no
     run is left behind for it, and the slot is claimed again when it comes."""
-    from dbkeeper.keeper import Keeper
-    from dbkeeper.models import RunStatus
-
-    (tmp_path / "jobs.py").write_text(JOBS)
-    (tmp_path / "dbkeeper.toml").write_text(
-        """
-        [jobs.idle]
-        task = "python"
-        call = "jobs:record"
-        schedule = "every 1s"
-        """
-    )
-    keeper = Keeper.from_config(tmp_path / "dbkeeper.toml")
-    try:
-        scheduler = keeper.scheduler("scheduler")
-        slot = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
-        _set_cursor(tmp_path / "dbkeeper-state.db", "idle", slot - timedelta(seconds=1))
-        moment = slot - timedelta(milliseconds=100)
-        (claimed,) = scheduler.claim_due(moment, slot)
-        assert (claimed.scheduled_for, claimed.claimed_ahead_at) == (slot, moment)
+    with _secondly(tmp_path, "idle") as scheduler:
+        keeper = scheduler.keeper
+        moment = SLOT - timedelta(milliseconds=100)
+        (claimed,) = scheduler.claim_due(moment, SLOT)
+        assert (claimed.scheduled_for, claimed.claimed_ahead_at) == (SLOT, moment)
         keeper.store.unclaim([(claimed.run_id, claimed.job, claimed.scheduled_for, moment)])
         assert keeper.store.runs(job="idle", limit=None) == []
         assert keeper.store.cursors() == {"idle": moment}
-        (again,) = scheduler.claim_due(slot)
-        assert (again.scheduled_for, again.claimed_ahead_at) == (slot, None)
+        (again,) = scheduler.claim_due(SLOT)
+        assert (again.scheduled_for, again.claimed_ahead_at) == (SLOT, None)
         runs = keeper.store.runs(job="idle", limit=None)
-        assert [(run.scheduled_for, run.status) for run in runs] == [(slot, RunStatus.RUNNING)]
-    finally:
-        keeper.close()
+        assert [(run.scheduled_for, run.status) for run in runs] == [(SLOT, RunStatus.RUNNING)]
