@@ -37,7 +37,9 @@ from dbkeeper.targets import Target, database_reason
 from dbkeeper.units import format_size
 
 if TYPE_CHECKING:
+    from adbc_driver_manager import AdbcConnection
     from psycopg import pq
+    from pyarrow import RecordBatchReader
 
 FORMATS = (".csv", ".csv.gz", ".parquet")
 BATCH_ROWS = "16384"  # rows per Arrow batch read from SQLite
@@ -159,21 +161,17 @@ class ExportJob(JobSpec):
 
 def _arrow_export(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
     """Stream the query's Arrow batches into the file; count in the same snapshot."""
-    with _adbc(target) as conn, conn.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM ({query}) AS s")
-        counted = int(cursor.fetchone()[0])
-        if target.backend == "sqlite":  # larger batches than the default 1024 rows
-            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": BATCH_ROWS})
-        cursor.execute(query)
-        reader = cursor.fetch_record_batch()
-        written = 0
-        with _writer(out, reader.schema) as write:
+    with _adbc(target) as conn:
+        with _query(conn, f"SELECT count(*) FROM ({query}) AS s") as result:
+            counted = int(result.read_all().column(0)[0].as_py())
+        options = {"adbc.sqlite.query.batch_rows": BATCH_ROWS} if target.backend == "sqlite" else {}
+        with _query(conn, query, **options) as reader, _writer(out, reader.schema) as write:
+            written = 0
             for batch in _read_ahead(reader):
                 ctx.check_cancelled()
                 write(batch)
                 written += batch.num_rows
                 ctx.progress(100 * written / max(counted, 1), written)
-        conn.rollback()  # ends the read transaction; nothing was changed
     return counted, written
 
 
@@ -196,22 +194,46 @@ def _next_batch(reader: Any) -> Any:
 
 
 @contextmanager
-def _adbc(target: Target) -> Iterator[Any]:
-    """An ADBC connection inside one read transaction (REPEATABLE READ on PostgreSQL)."""
+def _adbc(target: Target) -> Iterator[AdbcConnection]:
+    """An ADBC connection inside one read transaction (REPEATABLE READ on PostgreSQL),
+    rolled back at the end. ADBC's low-level API: its DB-API layer imports
+    ``pyarrow.dataset``, 35 MB of memory and 50 ms more."""
+    import adbc_driver_manager
+
     if target.backend == "postgresql":
-        import adbc_driver_postgresql.dbapi as adbc_pg
+        import adbc_driver_postgresql
 
-        conn = adbc_pg.connect(target.libpq_url())
-        with conn.cursor() as cursor:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        database = adbc_driver_postgresql.connect(target.libpq_url())
     else:
-        import adbc_driver_sqlite.dbapi as adbc_sqlite
+        import adbc_driver_sqlite
 
-        conn = adbc_sqlite.connect(str(target.sqlite_path))
-    try:
-        yield conn
-    finally:
-        conn.close()
+        database = adbc_driver_sqlite.connect(str(target.sqlite_path))
+    with database, adbc_driver_manager.AdbcConnection(database) as conn:
+        conn.set_autocommit(False)
+        if target.backend == "postgresql":
+            with adbc_driver_manager.AdbcStatement(conn) as statement:
+                statement.set_sql_query(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                )
+                statement.execute_update()
+        try:
+            yield conn
+        finally:
+            conn.rollback()  # ends the read transaction; nothing was changed
+
+
+@contextmanager
+def _query(conn: AdbcConnection, query: str, **options: str) -> Iterator[RecordBatchReader]:
+    """The rows of ``query`` as Arrow batches, read as they are asked for."""
+    import adbc_driver_manager
+    import pyarrow as pa
+
+    with adbc_driver_manager.AdbcStatement(conn) as statement:
+        statement.set_options(**options)
+        statement.set_sql_query(query)
+        stream, _ = statement.execute_query()
+        with pa.RecordBatchReader.from_stream(stream) as reader:
+            yield reader
 
 
 @contextmanager
