@@ -43,3 +43,29 @@ def sync_directory(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class WriteBehind:
+    """Has the kernel start writing a growing file to disk as it grows, so that the sync
+    before the file is renamed into place waits for its last megabytes, not all of it
+    (PostgreSQL does the same for its writes). Elsewhere than Linux, nothing."""
+
+    STEP = 16 << 20
+
+    def __init__(self, path: Path) -> None:
+        self._descriptor = os.open(path, os.O_RDONLY) if hasattr(os, "posix_fadvise") else -1
+        self._started = 0
+
+    def __call__(self) -> None:
+        if self._descriptor < 0:
+            return
+        size = os.fstat(self._descriptor).st_size
+        if size - self._started >= self.STEP:
+            os.posix_fadvise(
+                self._descriptor, self._started, size - self._started, os.POSIX_FADV_DONTNEED
+            )
+            self._started = size
+
+    def close(self) -> None:
+        if self._descriptor >= 0:
+            os.close(self._descriptor)

@@ -165,11 +165,16 @@ def _arrow_export(ctx: RunContext, target: Target, query: str, out: Path) -> tup
         with _query(conn, f"SELECT count(*) FROM ({query}) AS s") as result:
             counted = int(result.read_all().column(0)[0].as_py())
         options = {"adbc.sqlite.query.batch_rows": BATCH_ROWS} if target.backend == "sqlite" else {}
-        with _query(conn, query, **options) as reader, _writer(out, reader.schema) as write:
+        with (
+            _query(conn, query, **options) as reader,
+            _writer(out, reader.schema) as write,
+            closing(durable.WriteBehind(out)) as write_behind,
+        ):
             written = 0
             for batch in _read_ahead(reader):
                 ctx.check_cancelled()
                 write(batch)
+                write_behind()
                 written += batch.num_rows
                 ctx.progress(100 * written / max(counted, 1), written)
     return counted, written
