@@ -120,7 +120,8 @@ class ExportJob(JobSpec):
         began = time.monotonic()
         try:
             if target.backend == "postgresql" and self.suffix != ".parquet":
-                counted, written = _copy_csv(ctx, target, self.source(target), temporary)
+                table = target.quote(self.table) if self.table is not None else None
+                counted, written = _copy_csv(ctx, target, self.source(target), temporary, table)
             else:
                 counted, written = _arrow_export(ctx, target, self.source(target), temporary)
             if counted != written:
@@ -258,11 +259,14 @@ def _writer(out: Path, schema: Any) -> Iterator[Any]:
         yield csv.write_batch
 
 
-def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
+def _copy_csv(
+    ctx: RunContext, target: Target, query: str, out: Path, table: str | None
+) -> tuple[int, int]:
     """PostgreSQL's own CSV writer, COPY (one statement: one snapshot), read straight
     from libpq: psycopg's row iterator costs more per row than the server takes to make
-    one. Returns the rows PostgreSQL says it sent and the rows that arrived (one per
-    message after the header)."""
+    one. Progress is measured against the planner's estimate of the table's rows (none
+    for a query). Returns the rows PostgreSQL says it sent and the rows that arrived
+    (one per message after the header)."""
     import psycopg
     from psycopg import pq
 
@@ -271,16 +275,26 @@ def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[i
     with closing(
         psycopg.connect(target.libpq_url(), autocommit=True, application_name=ctx.application_name)
     ) as conn:
+        estimate = 0
+        if table is not None:
+            found = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table])
+            estimate = max(0, int(found.fetchone()[0]))  # type: ignore[index]
         pgconn = conn.pgconn
         with (
             ctx.token.interrupting(conn.cancel),
             gzip.open(out, "wb", compresslevel=6)
             if out.name.endswith(".gz.tmp")
             else open(out, "wb") as sink,
+            closing(durable.WriteBehind(out)) as write_behind,
         ):
+
+            def waiting(messages: int) -> None:
+                write_behind()
+                ctx.progress(min(99.0, 100 * messages / estimate) if estimate else 0, messages)
+
             pgconn.send_query(copy_sql.encode())
             _expect(_next_result(pgconn), pq.ExecStatus.COPY_OUT)
-            messages = _copy_out(pgconn, sink.write)
+            messages = _copy_out(pgconn, sink.write, waiting)
             done = _expect(_next_result(pgconn), pq.ExecStatus.COMMAND_OK)
             while _next_result(pgconn) is not None:
                 pass
@@ -289,8 +303,13 @@ def _copy_csv(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[i
     return sent, messages - 1
 
 
-def _copy_out(pgconn: pq.abc.PGconn, write: Callable[[memoryview], object]) -> int:
-    """Write each message of a COPY TO until its end; returns how many there were."""
+def _copy_out(
+    pgconn: pq.abc.PGconn,
+    write: Callable[[memoryview], object],
+    waiting: Callable[[int], None],
+) -> int:
+    """Write each message of a COPY TO until its end; returns how many there were.
+    ``waiting`` is told the count so far whenever everything received is written."""
     messages = 0
     while True:
         size, data = pgconn.get_copy_data(1)
@@ -298,6 +317,7 @@ def _copy_out(pgconn: pq.abc.PGconn, write: Callable[[memoryview], object]) -> i
             write(data)
             messages += 1
         elif size == 0:  # nothing buffered
+            waiting(messages)
             _receive(pgconn)
         else:
             return messages
