@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Past this many runs starting (or succeeding) at once, they are logged in one line.
+EACH_LINE_UP_TO = 10
 
 
 class JsonFormatter(logging.Formatter):

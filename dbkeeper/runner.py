@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dbkeeper.context import CancelToken, Outcome, ProgressCallback, RunContext
 from dbkeeper.errors import Cancelled, DbkeeperError
+from dbkeeper.logs import EACH_LINE_UP_TO
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.store import Ending, now
 from dbkeeper.units import format_duration
@@ -142,6 +143,7 @@ class EndRecorder:
             return
         for end, run in zip(batch, recorded, strict=True):
             end.recorded.set_result(run)
+        log_ends(batch)
 
     def _write(self, batch: list[End]) -> list[Run]:
         chains = self.chains
@@ -174,6 +176,22 @@ class EndRecorder:
                     if started:
                         chains.start(ended, started)
         return runs
+
+
+def log_ends(batch: list[End]) -> None:
+    """A line per end recorded; past ``EACH_LINE_UP_TO`` runs succeeding at once, one
+    line for them (each at debug level). Runs that did not succeed keep their lines."""
+    succeeded = [end.job.name for end in batch if end.attempt.status is RunStatus.SUCCEEDED]
+    many = len(succeeded) > EACH_LINE_UP_TO
+    for end in batch:
+        status = end.attempt.status
+        line = log.debug if many and status is RunStatus.SUCCEEDED else log.info
+        error = f": {end.attempt.error}" if end.attempt.error else ""
+        line("run %s of %s %s%s", end.run_id, end.job.name, status.value, error)
+    if many:
+        names = ", ".join(succeeded[:EACH_LINE_UP_TO])
+        more = len(succeeded) - EACH_LINE_UP_TO
+        log.info("%d runs succeeded: %s and %d more", len(succeeded), names, more)
 
 
 class Runner:
@@ -223,13 +241,6 @@ class Runner:
             )
             recorded = self.ends.submit(
                 End(job, run_id, result, with_downstream and not will_retry, began)
-            )
-            log.info(
-                "run %s of %s %s%s",
-                run_id,
-                job.name,
-                result.status.value,
-                f": {result.error}" if result.error else "",
             )
             if not will_retry:
                 break

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from dbkeeper.context import CancelToken
+from dbkeeper.logs import EACH_LINE_UP_TO
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.runner import Runner
 from dbkeeper.store import Claim, now
@@ -46,8 +47,6 @@ PRUNE_EVERY = timedelta(hours=1)
 RETRY_CLAIMS = timedelta(seconds=5)
 # Runs' ends are gathered while they keep coming, at most this long, and committed together.
 GATHER_ENDS = timedelta(milliseconds=250)
-# Past this many runs starting at once, they are logged in one line.
-START_LINES = 10
 # How far ahead of its slot a run is claimed: three times what the last claim took, within these.
 LEAD_MIN = timedelta(milliseconds=20)
 LEAD_MAX = timedelta(milliseconds=500)
@@ -297,13 +296,15 @@ class Scheduler:
         moment = now()
         due = [claimed for claimed in held if claimed.scheduled_for <= moment]
         del held[: len(due)]  # they are in slot order
-        each = log.info if len(due) <= START_LINES else log.debug
+        each = log.info if len(due) <= EACH_LINE_UP_TO else log.debug
         for claimed in due:
             each("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
             futures[pool.submit(self._run, claimed)] = claimed
-        if len(due) > START_LINES:
-            names = ", ".join(claimed.job for claimed in due[:START_LINES])
-            log.info("starting %d runs: %s and %d more", len(due), names, len(due) - START_LINES)
+        if len(due) > EACH_LINE_UP_TO:
+            names = ", ".join(claimed.job for claimed in due[:EACH_LINE_UP_TO])
+            log.info(
+                "starting %d runs: %s and %d more", len(due), names, len(due) - EACH_LINE_UP_TO
+            )
 
     def _look(self) -> list[Claimed]:
         """What to start now or hold until its slot. When a claim is due or the runtime

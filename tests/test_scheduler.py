@@ -3,6 +3,7 @@ concurrency policies, graceful shutdown, idle cost and history retention."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from dbkeeper.keeper import Keeper
 from dbkeeper.models import RunStatus, Trigger
+from dbkeeper.runner import Attempt, End, log_ends
 from dbkeeper.scheduler import Scheduler
 from tests.conftest import Project
 
@@ -515,3 +517,26 @@ def test_a_slot_claimed_ahead_and_given_back_is_claimed_again_when_due(tmp_path:
         assert (again.scheduled_for, again.claimed_ahead_at) == (SLOT, None)
         runs = keeper.store.runs(job="idle", limit=None)
         assert [(run.scheduled_for, run.status) for run in runs] == [(SLOT, RunStatus.RUNNING)]
+
+
+def test_many_runs_succeeding_at_once_are_logged_in_one_line_failures_each_in_their_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = [f"job{number:02}" for number in range(12)]
+    with _secondly(tmp_path, *jobs) as scheduler:
+        specs = scheduler.keeper.jobs
+        succeeded = [
+            End(specs[job], run_id, Attempt(RunStatus.SUCCEEDED), False, SLOT)
+            for run_id, job in enumerate(jobs, start=1)
+        ]
+        failed = End(specs["job00"], 13, Attempt(RunStatus.FAILED, error="boom"), False, SLOT)
+        with caplog.at_level(logging.INFO, logger="dbkeeper.runner"):
+            log_ends([*succeeded[:10], failed])
+            log_ends([*succeeded, failed])
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        *(f"run {run_id} of {job} succeeded" for run_id, job in enumerate(jobs[:10], start=1)),
+        "run 13 of job00 failed: boom",
+        "run 13 of job00 failed: boom",
+        "12 runs succeeded: " + ", ".join(jobs[:10]) + " and 2 more",
+    ]
