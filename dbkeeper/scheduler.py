@@ -86,7 +86,7 @@ class Scheduler:
         self._upcoming_for: JobSet | None = None
         self._earliest: datetime | None = None
         self._deferred: datetime | None = None  # the earliest slot left to claim when due
-        self._lead = LEAD_MIN  # how far ahead of their slots runs are claimed
+        self._lead = LEAD_MAX  # how far ahead of their slots runs are claimed
         self._next_look = now()  # when to claim slots again
         self.last_loop = now()
         keeper.store.register_jobs(list(keeper.schedules), now())

@@ -50,9 +50,10 @@ class PythonJob(JobSpec):
         return spec
 
     def function(self) -> JobFunction:
-        if self._function is not None:
-            return self._function
-        return load_callable(self.call)
+        """The callable, loaded once (its module is imported only once anyway)."""
+        if self._function is None:
+            self._function = load_callable(self.call)
+        return self._function
 
     def check(self, ctx: RunContext) -> None:
         self.function()
