@@ -48,7 +48,8 @@ def sync_directory(folder: Path) -> None:
 class WriteBehind:
     """Has the kernel start writing a growing file to disk as it grows, so that the sync
     before the file is renamed into place waits for its last megabytes, not all of it
-    (PostgreSQL does the same for its writes). Elsewhere than Linux, nothing."""
+    (PostgreSQL does the same for its writes). Without ``posix_fadvise`` (macOS,
+    Windows), nothing."""
 
     STEP = 16 << 20
 
