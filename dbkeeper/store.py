@@ -8,6 +8,7 @@ race for it: claiming is an INSERT, and only one INSERT can win.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import os
 import socket
@@ -69,6 +70,11 @@ from dbkeeper.targets import SQLITE_BUSY_TIMEOUT_MS
 from dbkeeper.version import __version__
 
 SCHEMA_VERSION = 3  # 2: notices; 3: chains, runtime jobs, pauses
+# A node's id: its host and process, a tag drawn once per process (a process that reuses
+# an old pid gets another) and the count of nodes the process registered: ``keeper.run``
+# registers one a run, and a random tag alone would repeat within thousands of them.
+_PROCESS_TAG = os.urandom(3).hex()
+_REGISTERED = itertools.count(1)
 # The PostgreSQL advisory lock key serialising migrations ("dbkeeper" in ASCII).
 MIGRATION_LOCK = 0x64626B6565706572
 
@@ -870,7 +876,7 @@ class StateStore:
         moment = now()
         host = socket.gethostname()
         node = Node(
-            id=f"{host}:{os.getpid()}:{os.urandom(3).hex()}",
+            id=f"{host}:{os.getpid()}:{_PROCESS_TAG}-{next(_REGISTERED)}",
             host=host,
             pid=os.getpid(),
             version=__version__,

@@ -4,6 +4,7 @@ exactly-once claims under racing processes, leases, hand-back and table locks.""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,3 +135,14 @@ def test_table_lock_is_exclusive_and_freed_by_a_dead_node(store: StateStore) -> 
     assert store.lock("app.events", 2, second.id, LEASE) is None
     store.stop_node(second.id)
     assert store.lock("app.events", 1, first.id, LEASE) is None, "a stopped node's lock goes"
+
+
+def test_nodes_registered_by_one_process_never_share_an_id(store: StateStore) -> None:
+    """``keeper.run`` registers a node a run: within one process the ids are counted,
+    not left to a random tag that would repeat within thousands of runs."""
+    nodes = [store.register_node("run") for _ in range(3)]
+    prefixes = {node.id.rsplit("-", 1)[0] for node in nodes}
+    counts = [int(node.id.rsplit("-", 1)[1]) for node in nodes]
+    assert len(prefixes) == 1 and prefixes.pop().split(":")[1] == str(os.getpid())
+    assert counts == list(range(counts[0], counts[0] + 3))
+    assert {node.id for node in nodes} <= {node.id for node in store.nodes()}
