@@ -21,6 +21,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EACH_LINE_UP_TO = 10
 
 
+def log_in_one_line(logger: logging.Logger, template: str, names: list[str]) -> None:
+    """One line for many runs: ``template`` given how many, the first
+    ``EACH_LINE_UP_TO`` names and how many more."""
+    shown = ", ".join(names[:EACH_LINE_UP_TO])
+    logger.info(template, len(names), shown, len(names) - EACH_LINE_UP_TO)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from dbkeeper.context import CancelToken, Outcome, ProgressCallback, RunContext
 from dbkeeper.errors import Cancelled, DbkeeperError
-from dbkeeper.logs import EACH_LINE_UP_TO
+from dbkeeper.logs import EACH_LINE_UP_TO, log_in_one_line
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.store import Ending, now
 from dbkeeper.units import format_duration
@@ -189,9 +189,7 @@ def log_ends(batch: list[End]) -> None:
         error = f": {end.attempt.error}" if end.attempt.error else ""
         line("run %s of %s %s%s", end.run_id, end.job.name, status.value, error)
     if many:
-        names = ", ".join(succeeded[:EACH_LINE_UP_TO])
-        more = len(succeeded) - EACH_LINE_UP_TO
-        log.info("%d runs succeeded: %s and %d more", len(succeeded), names, more)
+        log_in_one_line(log, "%d runs succeeded: %s and %d more", succeeded)
 
 
 class Runner:

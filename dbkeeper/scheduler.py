@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from dbkeeper.context import CancelToken
-from dbkeeper.logs import EACH_LINE_UP_TO
+from dbkeeper.logs import EACH_LINE_UP_TO, log_in_one_line
 from dbkeeper.models import Run, RunStatus, Trigger
 from dbkeeper.runner import Runner
 from dbkeeper.store import Claim, now
@@ -301,10 +301,7 @@ class Scheduler:
             each("starting %s (slot %s)", claimed.job, claimed.scheduled_for)
             futures[pool.submit(self._run, claimed)] = claimed
         if len(due) > EACH_LINE_UP_TO:
-            names = ", ".join(claimed.job for claimed in due[:EACH_LINE_UP_TO])
-            log.info(
-                "starting %d runs: %s and %d more", len(due), names, len(due) - EACH_LINE_UP_TO
-            )
+            log_in_one_line(log, "starting %d runs: %s and %d more", [c.job for c in due])
 
     def _look(self) -> list[Claimed]:
         """What to start now or hold until its slot. When a claim is due or the runtime
