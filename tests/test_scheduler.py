@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -293,6 +294,22 @@ def test_queue_policy_runs_a_slot_after_the_running_one(project: Project, histor
     assert {run["status"] for run in history("minutely")} == {"succeeded"}
 
 
+@contextmanager
+def _serving(project: Project) -> Iterator[subprocess.Popen[str]]:
+    """``dbkeeper start`` for the block, then stopped with SIGTERM unless the block did
+    (killed only if it does not stop)."""
+    process = project.popen("start", "--no-http")
+    try:
+        yield process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     import os
@@ -310,15 +327,11 @@ def test_idle_start_sleeps_instead_of_polling(project: Project) -> None:
         schedule = "0 0 1 1 *"
         """,
     )
-    process = project.popen("start", "--no-http")
-    try:
+    with _serving(project) as process:
         time.sleep(3)
         before = _cpu_seconds(process.pid)
         time.sleep(6)
         used = _cpu_seconds(process.pid) - before
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
     assert process.returncode == 0
     assert used < 0.3, f"idle scheduler used {used:.2f}s of CPU in 6s"
 
@@ -334,15 +347,10 @@ schedule = "* * * * * *"
 
 def test_sigterm_lets_a_running_job_finish(project: Project, history: History) -> None:
     _project(project, SECONDLY.format(seconds=2), keeper='shutdown_grace = "20s"')
-    process = project.popen("start", "--no-http")
-    try:
+    with _serving(project) as process:
         _wait_for(project.path / "sleeper.started")
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0
     assert (project.path / "sleeper.finished").exists()
     statuses = Counter(run["status"] for run in history("sleeper"))
@@ -355,17 +363,12 @@ def test_sigterm_past_the_grace_records_the_interruption(
     project: Project, history: History
 ) -> None:
     _project(project, SECONDLY.format(seconds=120), keeper='shutdown_grace = "1s"')
-    process = project.popen("start", "--no-http")
-    try:
+    with _serving(project) as process:
         _wait_for(project.path / "sleeper.started")
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
         took = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0
     assert took < 10
     assert not (project.path / "sleeper.finished").exists()
@@ -431,12 +434,8 @@ def test_start_claims_slots_ahead_but_never_starts_a_run_before_its_slot(
         schedule = "every 1s"
         """,
     )
-    process = project.popen("start", "--no-http")
-    try:
+    with _serving(project) as process:
         time.sleep(4.5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
     assert process.returncode == 0
     runs = [run for run in history("secondly") if run["status"] == "succeeded"]
     assert len(runs) >= 3
