@@ -139,6 +139,62 @@ def test_export_query_to_parquet_keeps_types_and_nulls(project: Project) -> None
     ]
 
 
+def test_sqlite_columns_whose_values_change_type_after_the_first_batch_are_exported(
+    project: Project, history: History
+) -> None:
+    # The driver types each column from its first 16,384 values. After them: the first
+    # text in a column NULL until then, a real among integers, a blob among integers.
+    rows = [(i, None, i, i) for i in range(1, 20_001)]
+    rows += [(20_001, None, None, "text"), (20_002, "late", 2.5, b"\x00\xff")]
+    db.create(
+        project.path / "app.db",
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, note TEXT, amount NUMERIC, payload)",
+        rows,
+        "INSERT INTO m VALUES (?, ?, ?, ?)",
+    )
+    project.write_config(
+        """
+        [databases.app]
+        url = "sqlite:///app.db"
+
+        [jobs.table]
+        task = "export"
+        database = "app"
+        table = "m"
+        path = "out/m.parquet"
+
+        [jobs.ordered]
+        task = "export"
+        database = "app"
+        query = "SELECT id, note AS \\"the note\\" FROM m ORDER BY id % 2 DESC, id"
+        path = "out/ordered.csv"
+        """
+    )
+    assert project.cli("run", "table").returncode == 0
+    table = pq.read_table(project.path / "out" / "m.parquet")
+    assert [str(t) for t in table.schema.types] == ["int64", "string", "double", "binary"]
+    assert table.num_rows == 20_002
+    assert table.slice(0, 2).to_pylist() == [
+        {"id": 1, "note": None, "amount": 1.0, "payload": b"1"},
+        {"id": 2, "note": None, "amount": 2.0, "payload": b"2"},
+    ]
+    assert table.slice(19_999).to_pylist() == [
+        {"id": 20_000, "note": None, "amount": 20_000.0, "payload": b"20000"},
+        {"id": 20_001, "note": None, "amount": None, "payload": b"text"},
+        {"id": 20_002, "note": "late", "amount": 2.5, "payload": b"\x00\xff"},
+    ]
+    run = history("table")[0]
+    assert run["result"]["typed"] is True
+    assert run["result"]["rows"] == run["result"]["rows_in_database"] == 20_002
+
+    assert project.cli("run", "ordered").returncode == 0
+    with open(project.path / "out" / "ordered.csv", newline="") as handle:
+        exported = list(csv.reader(handle))
+    ids = sorted(range(1, 20_003), key=lambda i: (-(i % 2), i))
+    assert exported == [["id", "the note"]] + [[str(i), "late" if i == 20_002 else ""] for i in ids]
+    assert history("ordered")[0]["result"]["typed"] is True
+
+
 def test_export_refuses_a_bad_query_and_keeps_the_old_file(
     project: Project, history: History
 ) -> None:

@@ -13,12 +13,12 @@ temporary name and renamed over the old one, which is kept as a timestamped vers
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import re
 import select
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from dbkeeper import durable
+from dbkeeper import batches, durable
 from dbkeeper.connections import connect
 from dbkeeper.context import Outcome, RunContext
 from dbkeeper.errors import DbkeeperError, TargetError
@@ -37,13 +37,11 @@ from dbkeeper.targets import Target, database_reason
 from dbkeeper.units import format_size
 
 if TYPE_CHECKING:
-    from adbc_driver_manager import AdbcConnection
     from psycopg import pq
-    from pyarrow import RecordBatchReader
 
 FORMATS = (".csv", ".csv.gz", ".parquet")
-BATCH_ROWS = "16384"  # rows per Arrow batch read from SQLite
 _VERSION = re.compile(r"\.\d{8}T\d{6}Z$")
+log = logging.getLogger("dbkeeper.export")
 
 
 class ExportJob(JobSpec):
@@ -122,8 +120,9 @@ class ExportJob(JobSpec):
             if target.backend == "postgresql" and self.suffix != ".parquet":
                 table = target.quote(self.table) if self.table is not None else None
                 counted, written = _copy_csv(ctx, target, self.source(target), temporary, table)
+                typed = False
             else:
-                counted, written = _arrow_export(ctx, target, self.source(target), temporary)
+                counted, written, typed = _arrow_export(ctx, target, self.source(target), temporary)
             if counted != written:
                 raise DbkeeperError(
                     f"wrote {written} rows but the database held {counted}; file not replaced"
@@ -145,6 +144,7 @@ class ExportJob(JobSpec):
             "seconds": round(time.monotonic() - began, 3),
             "previous": previous,
             "removed": removed,
+            "typed": typed,
         }
         return Outcome(written, result, f"{written} rows to {path.name}, {format_size(size)}")
 
@@ -160,86 +160,38 @@ class ExportJob(JobSpec):
         return str(version)
 
 
-def _arrow_export(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int]:
-    """Stream the query's Arrow batches into the file; count in the same snapshot."""
-    with _adbc(target) as conn:
-        with _query(conn, f"SELECT count(*) FROM ({query}) AS s") as result:
-            counted = int(result.read_all().column(0)[0].as_py())
-        options = {"adbc.sqlite.query.batch_rows": BATCH_ROWS} if target.backend == "sqlite" else {}
-        with (
-            _query(conn, query, **options) as reader,
-            _writer(out, reader.schema) as write,
-            closing(durable.WriteBehind(out)) as write_behind,
-        ):
-            written = 0
-            for batch in _read_ahead(reader):
-                ctx.check_cancelled()
-                write(batch)
-                write_behind()
-                written += batch.num_rows
-                ctx.progress(100 * written / max(counted, 1), written)
-    return counted, written
-
-
-def _read_ahead(reader: Any) -> Iterator[Any]:
-    """The reader's batches, the next one read by a thread while the caller writes this
-    one (the driver and pyarrow's writers both work without the GIL): the export takes
-    about as long as the slower of reading and writing, not their sum."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbkeeper-read") as pool:
-        pending = pool.submit(_next_batch, reader)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(_next_batch, reader)
-            yield batch
-
-
-def _next_batch(reader: Any) -> Any:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
-
-
-@contextmanager
-def _adbc(target: Target) -> Iterator[AdbcConnection]:
-    """An ADBC connection inside one read transaction (REPEATABLE READ on PostgreSQL),
-    rolled back at the end. ADBC's low-level API: its DB-API layer imports
-    ``pyarrow.dataset`` (about 50 ms, and 17 MB more at the export's peak)."""
-    import adbc_driver_manager
-
-    if target.backend == "postgresql":
-        import adbc_driver_postgresql
-
-        database = adbc_driver_postgresql.connect(target.libpq_url())
-    else:
-        import adbc_driver_sqlite
-
-        database = adbc_driver_sqlite.connect(str(target.sqlite_path))
-    with database, adbc_driver_manager.AdbcConnection(database) as conn:
-        conn.set_autocommit(False)
-        if target.backend == "postgresql":
-            with adbc_driver_manager.AdbcStatement(conn) as statement:
-                statement.set_sql_query(
-                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-                )
-                statement.execute_update()
+def _arrow_export(ctx: RunContext, target: Target, query: str, out: Path) -> tuple[int, int, bool]:
+    """Stream the query's Arrow batches into the file; count in the same snapshot. Rows
+    whose column types vary are read again with one type per column (see
+    ``dbkeeper.batches``), which the last value returned says."""
+    with batches.snapshot(target) as snapshot:
+        counted = snapshot.count(query)
         try:
-            yield conn
-        finally:
-            conn.rollback()  # ends the read transaction; nothing was changed
+            with snapshot.rows(query) as rows:
+                return counted, _write(ctx, rows, out, counted), False
+        except batches.MixedTypes:
+            log.info(
+                "job %s: column types vary between rows; reading with one type per column",
+                ctx.job.name,
+            )
+            with snapshot.rows(query, typed=True) as rows:
+                return counted, _write(ctx, rows, out, counted), True
 
 
-@contextmanager
-def _query(conn: AdbcConnection, query: str, **options: str) -> Iterator[RecordBatchReader]:
-    """The rows of ``query`` as Arrow batches, read as they are asked for."""
-    import adbc_driver_manager
-    import pyarrow as pa
-
-    with adbc_driver_manager.AdbcStatement(conn) as statement:
-        statement.set_options(**options)
-        statement.set_sql_query(query)
-        stream, _ = statement.execute_query()
-        with pa.RecordBatchReader.from_stream(stream) as reader:
-            yield reader
+def _write(ctx: RunContext, rows: batches.Rows, out: Path, counted: int) -> int:
+    """Write every batch to ``out`` (replaced); returns the rows written."""
+    with (
+        _writer(out, rows.schema) as write,
+        closing(durable.WriteBehind(out)) as write_behind,
+    ):
+        written = 0
+        for batch in rows.batches:
+            ctx.check_cancelled()
+            write(batch)
+            write_behind()
+            written += batch.num_rows
+            ctx.progress(100 * written / max(counted, 1), written)
+    return written
 
 
 @contextmanager
