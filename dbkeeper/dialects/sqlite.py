@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,47 @@ def step_through(conn: Connection, statement: str) -> None:
 def data_version(conn: Connection) -> int:
     """Changes when another connection commits to the file; our own commits leave it."""
     return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+
+def uses_wal(conn: Connection) -> bool:
+    return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()).lower() == "wal"
+
+
+@contextmanager
+def counted_alongside(
+    target: Target, conn: Connection, query: PurgeQuery, plan: Plan
+) -> Iterator[Future[int]]:
+    """The rows to delete as they are now, before ``conn`` deletes any. Unless the plan
+    counted them, they are counted on a second connection while ``conn`` deletes: its
+    read transaction begins here, and with a WAL it keeps seeing the rows as they were,
+    until the count ends it (a reader holds back checkpoints). Without a WAL, its read
+    lock would hold up every commit: counted here, first."""
+    future: Future[int] = Future()
+    if plan.rows is not None or not uses_wal(conn):
+        future.set_result(query.count(conn) if plan.rows is None else plan.rows)
+        yield future
+        return
+    with (
+        target.engine.connect() as counter,
+        ThreadPoolExecutor(1, thread_name_prefix="dbkeeper-count") as pool,
+    ):
+        raw = driver(counter)
+        raw.execute("BEGIN")
+        raw.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # takes the snapshot
+
+        def count() -> int:
+            try:
+                return query.count(counter)
+            finally:
+                raw.rollback()
+
+        future = pool.submit(count)
+        try:
+            yield future
+        finally:
+            if not future.done():
+                raw.interrupt()
+            wait([future])
 
 
 def checkpoint(conn: Connection) -> None:
@@ -117,8 +159,8 @@ class TimeWalk:
     Each window's condition has one lower and one upper bound of the column, so SQLite
     ranges the index on those two."""
 
-    def __init__(self, query: PurgeQuery, part: Part, filters: str, rows: int) -> None:
-        self.query, self.part, self.filters, self.rows = query, part, filters, rows
+    def __init__(self, query: PurgeQuery, part: Part, filters: str) -> None:
+        self.query, self.part, self.filters = query, part, filters
         self._after: Any = None
         self._done = False
 
@@ -145,8 +187,8 @@ class TimeWalk:
 
 @dataclass(frozen=True)
 class Plan:
-    rows: int
     walks: list[KeyWalk | TimeWalk]
+    rows: int | None  # counted for walks by key; through the time index, left to count()
 
 
 class PurgeQuery:
@@ -223,24 +265,24 @@ class PurgeQuery:
         return [Part(None, "< :cutoff", "", narrow=False)]
 
     def plan(self, conn: Connection) -> Plan:
-        """Exact count of the rows to delete, and how to walk each part.
+        """How to walk each part of the rows to delete.
 
-        With an index that leads with the time column, each part is walked through it.
-        Otherwise by key: a narrow part over its own key range, a wide one from the
-        table's first key until its planned rows are gone (its lowest and highest keys
-        would cost a pass over the whole part, more than the count)."""
+        With an index that leads with the time column, each part that has rows is
+        walked through it, and the rows are counted apart (``count``). Otherwise by key,
+        counted here: a narrow part over its own key range, a wide one from the table's
+        first key until its counted rows are gone (its lowest and highest keys would
+        cost a pass over the whole part, more than the count)."""
         by_time = leads_an_index(conn, self.table, self.column_name)
         keys = f"min({self.key}), max({self.key})"
         walks: list[KeyWalk | TimeWalk] = []
         for part in self._parts():
             condition = part.condition(self.column) + self._filters("")
-            if by_time or not part.narrow:
-                count = conn.execute(
-                    text(f"SELECT count(*) FROM {self.table} WHERE {condition}"), self.params
-                ).scalar_one()
             if by_time:  # filters '+': the time column's index must drive the scan
-                if count:
-                    walks.append(TimeWalk(self, part, self._filters("+"), count))
+                found = conn.execute(
+                    text(f"SELECT 1 FROM {self.table} WHERE {condition} LIMIT 1"), self.params
+                ).first()
+                if found is not None:
+                    walks.append(TimeWalk(self, part, self._filters("+")))
                 continue
             if part.narrow:
                 count, low, high = conn.execute(
@@ -248,11 +290,23 @@ class PurgeQuery:
                     self.params,
                 ).one()
             else:
+                count = conn.execute(
+                    text(f"SELECT count(*) FROM {self.table} WHERE {condition}"), self.params
+                ).scalar_one()
                 low, high = conn.execute(text(f"SELECT {keys} FROM {self.table}")).one()
             if count:
                 window = part.condition("+" + self.column) + self._filters("+")
                 walks.append(KeyWalk(self.key, window, int(low), int(high), int(count)))
-        return Plan(rows=sum(walk.rows for walk in walks), walks=walks)
+        rows = None if by_time else sum(walk.rows for walk in walks if isinstance(walk, KeyWalk))
+        return Plan(walks=walks, rows=rows)
+
+    def count(self, conn: Connection) -> int:
+        """Exact count of the rows to delete."""
+        return int(
+            conn.execute(
+                text(f"SELECT count(*) FROM {self.table} WHERE {self.condition}"), self.params
+            ).scalar_one()
+        )
 
     def table_rows(self, conn: Connection) -> int:
         return int(conn.execute(text(f"SELECT count(*) FROM {self.table}")).scalar_one())
@@ -478,8 +532,7 @@ def vacuum(target: Target, conn: Connection) -> dict[str, Any]:
         step_through(conn, "PRAGMA incremental_vacuum")
     else:
         conn.exec_driver_sql("VACUUM")
-    journal = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()).lower()
-    if journal == "wal":
+    if uses_wal(conn):
         step_through(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
     after = page_stats(conn)
     size_after = file_size(path)

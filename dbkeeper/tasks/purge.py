@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -105,7 +106,7 @@ class PurgeJob(JobSpec):
             return purge_postgres.preview(self, ctx)
         with sqlite_sql.connect(ctx.target()) as conn:
             query = self._query(ctx, conn)
-            plan = query.plan(conn)
+            rows = query.count(conn)
             table_rows = query.table_rows(conn)
             oldest, newest = query.edges(conn)
             samples = query.samples(conn, self.sample_rows)
@@ -115,14 +116,14 @@ class PurgeJob(JobSpec):
                 else None
             )
         return {
-            "rows": plan.rows,
+            "rows": rows,
             "table_rows": table_rows,
             "cutoff": self.cutoff(ctx.now),
             "oldest": oldest,
             "newest": newest,
             "format": query.time_format.value,
             "samples": samples,
-            "would_refuse": self.refusal(plan.rows, table_rows),
+            "would_refuse": self.refusal(rows, table_rows),
             "archive": self.archive,
             "owners": owners,
         }
@@ -141,22 +142,23 @@ class PurgeJob(JobSpec):
             recovered = archive.recover(partial(query.keys_present, conn)) if archive else None
             plan = query.plan(conn)
             oldest = query.edge(conn, "ASC")
-            refusal = (
-                None if query.any_kept(conn) else self.refusal(plan.rows, query.table_rows(conn))
-            )
-            if refusal:
-                raise RefusedError(refusal)
             result: dict[str, Any] = {
                 "cutoff": cutoff.isoformat(),
                 "format": query.time_format.value,
-                "planned": plan.rows,
+                "planned": 0,
                 "oldest": oldest.isoformat() if oldest else None,
             }
             if archive is not None:
                 result["archive_recovery"] = recovered
-            if plan.rows == 0:
+            if not plan.walks:
                 return Outcome(0, {**result, "batches": 0}, "nothing older than the cutoff")
-            deleted = self._delete(ctx, conn, query, plan, version, result, archive)
+            with sqlite_sql.counted_alongside(target, conn, query, plan) as planned:
+                if not query.any_kept(conn):
+                    refusal = self.refusal(planned.result(), query.table_rows(conn))
+                    if refusal:
+                        raise RefusedError(refusal)
+                deleted = self._delete(ctx, conn, query, plan, planned, version, result, archive)
+                result["planned"] = planned.result()
             sqlite_sql.checkpoint(conn)
         if archive is not None:
             result.update(archived=archive.written, archive_files=sorted(archive.files))
@@ -169,6 +171,7 @@ class PurgeJob(JobSpec):
         conn: Any,
         query: sqlite_sql.PurgeQuery,
         plan: sqlite_sql.Plan,
+        planned: Future[int],
         version: int,
         result: dict[str, Any],
         archive: Archive | None,
@@ -200,7 +203,8 @@ class PurgeJob(JobSpec):
                     longest = max(longest, elapsed)
                     batches += 1
                     result.update(deleted=deleted, batches=batches)
-                    ctx.progress(100 * deleted / plan.rows, deleted)
+                    total = planned.result() if planned.done() else 0
+                    ctx.progress(100 * deleted / total if total else 0, deleted)
                     _pause(ctx, conn, pacer.record(elapsed), version)
         result.update(
             deleted=deleted,
