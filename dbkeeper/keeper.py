@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -409,8 +410,12 @@ class Keeper:
             for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            with server:
-                scheduler.serve()
+            # The loop runs on a thread of its own: a signal handler runs on the main
+            # thread, between any two of its steps, and the loop's thread may be holding
+            # the very lock ``stop()`` takes (waiting on an Event holds it for a moment).
+            # The main thread only waits here, holding nothing the handler needs.
+            with server, ThreadPoolExecutor(1, thread_name_prefix="dbkeeper-loop") as loop:
+                loop.submit(scheduler.serve).result()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -7,6 +7,7 @@ import logging
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -357,6 +358,46 @@ def test_sigterm_lets_a_running_job_finish(project: Project, history: History) -
     assert statuses["succeeded"] == 1
     assert set(statuses) <= {"succeeded", "skipped"}
     assert project.cli("status", "--json").json()["running"] == []
+
+
+SIGTERM_WHILE_THE_LOOP_HOLDS_ITS_WAKE_LOCK = """
+import os, signal, sys, time
+from pathlib import Path
+from dbkeeper import Keeper
+from dbkeeper.scheduler import Scheduler
+
+serve = Scheduler.serve
+
+
+def serve_after_a_signal_in_the_worst_moment(self):
+    # Event.wait holds its lock for a moment on waking; stop() takes that lock too.
+    with self._wake._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+    serve(self)
+
+
+Scheduler.serve = serve_after_a_signal_in_the_worst_moment
+Keeper.from_config(Path(sys.argv[1])).start(http=False)
+print("stopped")
+"""
+
+
+def test_sigterm_stops_start_whatever_lock_its_loop_holds(project: Project) -> None:
+    # The handler runs on the main thread between any two steps: were the loop there,
+    # holding the lock stop() needs, the process would wait for itself forever.
+    _project(project, SECONDLY.format(seconds=0))
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_THE_LOOP_HOLDS_ITS_WAKE_LOCK, str(project.config)],
+        cwd=project.path,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
 
 
 def test_sigterm_past_the_grace_records_the_interruption(
