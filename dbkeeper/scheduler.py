@@ -262,23 +262,28 @@ class Scheduler:
         # the process: the collector need not go through it again (each full collection
         # held every thread for 60-100 ms at a thousand runs a second).
         gc.freeze()
+        next_poll = now()
         with self._heartbeat():
             try:
                 while not self.stopping.is_set():
                     self.last_loop = now()
+                    woken = self._wake.is_set()
                     self._wake.clear()
                     self._start(held, pool, futures)
-                    try:
-                        due = self._look()
-                    except SQLAlchemyError:  # the state store is away: try again shortly
-                        log.exception("claiming due runs failed; retrying")
-                        self.stopping.wait(RETRY_CLAIMS.total_seconds())
-                        continue
-                    held[:] = sorted(held + due, key=lambda claimed: claimed.scheduled_for)
-                    self._start(held, pool, futures)
+                    # Woken only because held slots came: nothing to look at meanwhile.
+                    if woken or now() >= min(self._next_look, next_poll):
+                        try:
+                            due = self._look()
+                        except SQLAlchemyError:  # the state store is away: try again shortly
+                            log.exception("claiming due runs failed; retrying")
+                            self.stopping.wait(RETRY_CLAIMS.total_seconds())
+                            continue
+                        next_poll = now() + POLL
+                        held[:] = sorted(held + due, key=lambda claimed: claimed.scheduled_for)
+                        self._start(held, pool, futures)
                     futures = {f: claimed for f, claimed in futures.items() if not f.done()}
                     moment = now()
-                    wake = min(self._next_look, moment + POLL, *(c.scheduled_for for c in held[:1]))
+                    wake = min(self._next_look, next_poll, *(c.scheduled_for for c in held[:1]))
                     self._wake.wait(max(0.0, (wake - moment).total_seconds()))
             finally:
                 self._shutdown(pool, futures, held, settings.shutdown_grace.total_seconds())
@@ -308,10 +313,12 @@ class Scheduler:
         jobs changed, claims the slots due within the lead; otherwise (a poll, or woken by
         a run's end, a request or a held slot) only looks for queued runs: an end may have
         unblocked one, and chains and requests queue theirs. The ends of runs here are
-        recorded first: a run that ended is not taken as running."""
-        self.runner.ends.flush()
+        recorded first, when there is something to claim: a run that ended is not taken
+        as running. Not otherwise: a look right after a second's runs start would hurry
+        their ends' commit into the middle of the next ones starting."""
         moment = now()
         if moment >= self._next_look or self.keeper.refresh():
+            self.runner.ends.flush()
             until = moment + self._lead
             claimed = self.claim_due(moment, until)
             self._lead = min(max(3 * (now() - moment), LEAD_MIN), LEAD_MAX)
@@ -320,6 +327,7 @@ class Scheduler:
             return claimed
         if not self.store.runs(status=[RunStatus.QUEUED], limit=1):
             return []
+        self.runner.ends.flush()
         return self._claim_queued(self.store.running_jobs())
 
     def _next_slot(self, moment: datetime) -> datetime:
