@@ -39,6 +39,11 @@ from dbkeeper.tasks.python import JobFunction, PythonJob
 
 ChainProgress = Callable[[str, float, int | None, str], None]
 CHAIN_POLL = 0.5
+# How long a thread of `dbkeeper start` may hold the GIL while others wait for it (Python's
+# default: 5 ms). At a thousand runs a second on 32 workers, the 5 ms slices left a few
+# seconds per minute starting their runs 100 ms late or more; 10 ms slices halved the
+# latest starts (bench/scheduler.py).
+SWITCH_INTERVAL = 0.01
 
 
 def _for(progress: ChainProgress | None, job: str) -> ProgressCallback | None:
@@ -409,6 +414,8 @@ class Keeper:
             sig: signal.signal(sig, lambda *_: scheduler.stop())
             for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             # The loop runs on a thread of its own: a signal handler runs on the main
             # thread, between any two of its steps, and the loop's thread may be holding
@@ -417,6 +424,7 @@ class Keeper:
             with server, ThreadPoolExecutor(1, thread_name_prefix="dbkeeper-loop") as loop:
                 loop.submit(scheduler.serve).result()
         finally:
+            sys.setswitchinterval(switch_interval)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
