@@ -40,9 +40,8 @@ from dbkeeper.tasks.python import JobFunction, PythonJob
 ChainProgress = Callable[[str, float, int | None, str], None]
 CHAIN_POLL = 0.5
 # How long a thread of `dbkeeper start` may hold the GIL while others wait for it (Python's
-# default: 5 ms). At a thousand runs a second on 32 workers, the 5 ms slices left a few
-# seconds per minute starting their runs 100 ms late or more; 10 ms slices halved the
-# latest starts (bench/scheduler.py).
+# default: 5 ms). At a thousand runs a second on 32 workers, p99 lateness was 79-110 ms
+# with 5 ms slices and 58-62 ms with 10 ms ones (bench/README.md).
 SWITCH_INTERVAL = 0.01
 
 
