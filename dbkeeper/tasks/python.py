@@ -51,9 +51,10 @@ class PythonJob(JobSpec):
 
     def function(self) -> JobFunction:
         """The callable, loaded once (its module is imported only once anyway)."""
-        if self._function is None:
-            self._function = load_callable(self.call)
-        return self._function
+        function = self._function  # a private attribute costs a lookup in pydantic
+        if function is None:
+            function = self._function = load_callable(self.call)
+        return function
 
     def check(self, ctx: RunContext) -> None:
         self.function()
