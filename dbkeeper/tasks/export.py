@@ -198,14 +198,16 @@ def _write(ctx: RunContext, rows: batches.Rows, out: Path, counted: int) -> int:
 def _writer(out: Path, schema: Any) -> Iterator[Any]:
     """A function writing record batches to ``out`` in the format its name says."""
     import pyarrow as pa
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
     name = out.name.removesuffix(".tmp")
     if name.endswith(".parquet"):
+        import pyarrow.parquet as pq  # only here: it loads pyarrow's cloud file systems too
+
         with pq.ParquetWriter(out, schema, compression="zstd") as parquet:
             yield parquet.write_batch
         return
+    import pyarrow.csv as pa_csv
+
     sink = pa.CompressedOutputStream(str(out), "gzip") if name.endswith(".gz") else str(out)
     with pa_csv.CSVWriter(sink, schema) as csv:
         yield csv.write_batch
