@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 BATCH_ROWS = 16_384  # rows per batch read from SQLite (and seen by its type inference)
 _ROWS = "dbkeeper_rows"  # the query's name inside the typed query
 _FIRST = {"integer": "0", "real": "0.0", "text": "''", "blob": "X''"}
-_CAST = {"integer": "{}", "real": "CAST({} AS REAL)", "text": "CAST({} AS TEXT)"}
-_CAST["blob"] = "CAST({} AS BLOB)"
+_CAST = {
+    "integer": "{}",
+    "real": "CAST({} AS REAL)",
+    "text": "CAST({} AS TEXT)",
+    "blob": "CAST({} AS BLOB)",
+}
 
 
 class MixedTypes(DbkeeperError):
