@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from dbkeeper import logs, output, systemd
 from dbkeeper.config import default_path
@@ -427,6 +426,8 @@ def _progress(show: bool) -> Iterator[ChainProgress | None]:
     if not show:
         yield None
         return
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -946,7 +947,3 @@ def _engine_figures(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _days(value: float | None) -> str:
     return "-" if value is None else f"~{value} days"
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
