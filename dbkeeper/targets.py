@@ -96,7 +96,10 @@ class Target:
         return Path(database)
 
     def quote(self, identifier: str) -> str:
-        return str(self.engine.dialect.identifier_preparer.quote_identifier(identifier))
+        """The identifier quoted as standard SQL does, as SQLite and PostgreSQL read it.
+        (SQLAlchemy's quoting for psycopg doubles a '%', which only its own compiled
+        statements undo: a name holding one was not found.)"""
+        return '"' + identifier.replace('"', '""') + '"'
 
     def tables(self) -> list[str]:
         try:

@@ -309,3 +309,34 @@ def test_application_statements_never_wait_longer_than_lock_timeout(
         young = conn.execute("SELECT count(*) FROM events WHERE payload = 'new'").fetchone()
     assert old == (0,)
     assert young == (20000,)
+
+
+def test_a_table_whose_name_holds_percent_signs_and_quotes_is_purged_and_exported(
+    project: Project, pg_url: str, history: History
+) -> None:
+    """Names are quoted as SQL quotes them; a '%' is not a placeholder in them."""
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "50% off ""deals""" (id int PRIMARY KEY, "at%" timestamptz)')
+        for row_id, moment in enumerate(
+            [cutoff - timedelta(days=1), cutoff - timedelta(seconds=1), cutoff + timedelta(1)]
+        ):
+            conn.execute('INSERT INTO "50%% off ""deals""" VALUES (%s, %s)', (row_id, moment))
+    jobs = _purge_job("deals", '50% off \\"deals\\"', "at%", "30d")
+    jobs += """
+        [jobs.export]
+        task = "export"
+        database = "app"
+        table = '50% off "deals"'
+        path = "out/deals.csv"
+    """
+    _write(project, pg_url, jobs)
+    result = project.cli("run", "deals", "export", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [run["rows_affected"] for run in result.json()] == [2, 1]
+    with psycopg.connect(pg_url) as conn:
+        assert _ids(conn, '"50% off ""deals"""') == [2]
+    lines = (project.path / "out" / "deals.csv").read_text().splitlines()
+    assert len(lines) == 2
+    assert (lines[0], lines[1][:2]) == ("id,at%", "2,")
+    assert [run["status"] for run in history()] == ["succeeded", "succeeded"]
