@@ -295,3 +295,29 @@ def test_postgres_export_failing_mid_copy_keeps_the_old_file(
     assert "division by zero" in error
     assert (project.path / "out" / "items.csv").read_text() == "old\n"
     assert sorted(p.name for p in (project.path / "out").iterdir()) == ["items.csv"]
+
+
+def test_postgres_export_of_a_missing_table_names_it_and_keeps_the_old_file(
+    project: Project, pg_url: str, history: History
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    (project.path / "out").mkdir()
+    (project.path / "out" / "items.csv").write_text("old\n")
+    project.write_config(
+        f"""
+        [databases.app]
+        url = "{pg_url}"
+
+        [jobs.items]
+        task = "export"
+        database = "app"
+        table = "item"
+        path = "out/items.csv"
+        """
+    )
+    result = project.cli("run", "items")
+    assert result.returncode == 1
+    assert history("items")[0]["error"] == "database 'app' has no table 'item' (tables: items)"
+    assert (project.path / "out" / "items.csv").read_text() == "old\n"
+    assert sorted(p.name for p in (project.path / "out").iterdir()) == ["items.csv"]

@@ -110,16 +110,17 @@ class ExportJob(JobSpec):
         }
 
     def run(self, ctx: RunContext) -> Outcome:
-        self.check(ctx)
         target = ctx.target()
+        copying = target.backend == "postgresql" and self.suffix != ".parquet"
+        if not (copying and self.table is not None):  # COPY looks the table up itself
+            self.check(ctx)
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + ".tmp")
         began = time.monotonic()
         try:
-            if target.backend == "postgresql" and self.suffix != ".parquet":
-                table = target.quote(self.table) if self.table is not None else None
-                counted, written = _copy_csv(ctx, target, self.source(target), temporary, table)
+            if copying:
+                counted, written = _copy_csv(ctx, self.source(target), temporary, self.table)
                 typed = False
             else:
                 counted, written, typed = _arrow_export(ctx, target, self.source(target), temporary)
@@ -213,17 +214,17 @@ def _writer(out: Path, schema: Any) -> Iterator[Any]:
         yield csv.write_batch
 
 
-def _copy_csv(
-    ctx: RunContext, target: Target, query: str, out: Path, table: str | None
-) -> tuple[int, int]:
+def _copy_csv(ctx: RunContext, query: str, out: Path, table: str | None) -> tuple[int, int]:
     """PostgreSQL's own CSV writer, COPY (one statement: one snapshot), read straight
     from libpq: psycopg's row iterator costs more per row than the server takes to make
-    one. Progress is measured against the planner's estimate of the table's rows (none
-    for a query). Returns the rows PostgreSQL says it sent and the rows that arrived
-    (one per message after the header)."""
+    one. A table is looked up on the same connection (a missing one gets the error
+    ``check`` gives), and progress is measured against the planner's estimate of its
+    rows (none for a query). Returns the rows PostgreSQL says it sent and the rows that
+    arrived (one per message after the header)."""
     import psycopg
     from psycopg import pq
 
+    target = ctx.target()
     copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
     # closing, not the connection's own exit: that would try a rollback mid-COPY
     with closing(
@@ -232,8 +233,10 @@ def _copy_csv(
         estimate = 0
         if table is not None:
             found = conn.execute(
-                "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table]
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [target.quote(table)]
             ).fetchone()
+            if found is None:
+                target.columns(table)  # raises the error naming the tables there are
             estimate = max(0, int(found[0])) if found else 0
         pgconn = conn.pgconn
         with (
