@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -342,3 +343,21 @@ def test_a_version_2_state_store_is_upgraded_in_place(
         assert store.jobs_version() == 0 and store.definitions() == []
     finally:
         store.close()
+
+
+def test_the_package_names_load_when_used_and_the_entry_point_loads_nothing_first() -> None:
+    """The command's entry point turns the collector off before the imports start; that
+    holds only while importing the package does not import them itself."""
+    probe = (
+        "import sys, dbkeeper.__main__; print('sqlalchemy' in sys.modules); "
+        "import dbkeeper, dbkeeper.keeper; print(dbkeeper.Keeper is dbkeeper.keeper.Keeper); "
+        "print(sorted(n for n in dbkeeper.__all__ if not hasattr(dbkeeper, n)))\n"
+        "try:\n    dbkeeper.Nothing\nexcept AttributeError as exc:\n    print(exc)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [
+        "False",
+        "True",
+        "[]",
+        "module 'dbkeeper' has no attribute 'Nothing'",
+    ]
